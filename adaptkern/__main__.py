@@ -1,0 +1,5 @@
+import sys
+
+from adaptkern.cli import main
+
+sys.exit(main())

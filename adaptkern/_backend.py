@@ -1,0 +1,89 @@
+"""Backend selection shared by every op.
+
+Order of precedence: the op's ``backend=`` argument, then the ``ADAPTKERN_BACKEND``
+environment variable, then the default: CUDA tensors -> the op's preferred GPU backend,
+anything else -> ``"reference"``. Triton on CPU tensors runs only under the Triton
+interpreter (``TRITON_INTERPRET=1`` set before the kernels are imported).
+"""
+
+import importlib
+import os
+from functools import lru_cache
+
+import torch
+
+from . import _ext
+
+BACKENDS = ("reference", "triton", "cuda")
+ENV_VAR = "ADAPTKERN_BACKEND"
+
+
+@lru_cache(maxsize=None)
+def _triton_state():
+    """(importable, interpreting, reason) for Triton, computed once."""
+    try:
+        utils = importlib.import_module("adaptkern.kernels._utils")
+    except ImportError as err:
+        return False, False, f"triton is not importable ({err})"
+    return True, utils.INTERPRET, ""
+
+
+def triton_available() -> bool:
+    return _triton_state()[0]
+
+
+def triton_interpreting() -> bool:
+    return _triton_state()[1]
+
+
+def kernels(name: str):
+    """Import ``adaptkern.kernels.<name>`` on first use (keeps ``import adaptkern`` light)."""
+    return importlib.import_module(f"adaptkern.kernels.{name}")
+
+
+def available_backends(device) -> list:
+    """Backends that can run on ``device`` in this process."""
+    device = torch.device(device)
+    names = ["reference"]
+    importable, interpreting, _ = _triton_state()
+    if importable and (device.type == "cuda" or interpreting):
+        names.append("triton")
+    if device.type == "cuda" and _ext.cuda_extension_built():
+        names.append("cuda")
+    return names
+
+
+def resolve_backend(backend, device, *, op: str, gpu_preference=("triton",), cuda_supported=False) -> str:
+    """Pick and check the backend for one call of ``op`` on tensors living on ``device``.
+
+    ``gpu_preference`` orders the default on CUDA tensors; ``cuda_supported`` says whether
+    the op has a csrc implementation at all.
+    """
+    device = torch.device(device)
+    chosen = backend if backend is not None else (os.environ.get(ENV_VAR) or None)
+    source = "backend" if backend is not None else ENV_VAR
+    if chosen is None:
+        if device.type != "cuda":
+            return "reference"
+        for name in gpu_preference:
+            if name in available_backends(device) and (name != "cuda" or cuda_supported):
+                return name
+        return "reference"
+    if chosen not in BACKENDS:
+        raise ValueError(f"{op}: {source} must be one of {BACKENDS} or None, got {chosen!r}")
+    if chosen == "triton":
+        importable, interpreting, reason = _triton_state()
+        if not importable:
+            raise RuntimeError(f"{op}: backend='triton' is unavailable: {reason}")
+        if device.type != "cuda" and not interpreting:
+            raise RuntimeError(
+                f"{op}: backend='triton' got {device.type} tensors; Triton runs them only under its "
+                "interpreter: set TRITON_INTERPRET=1 before importing adaptkern, or move the tensors to CUDA"
+            )
+    elif chosen == "cuda":
+        if not cuda_supported:
+            raise ValueError(f"{op}: has no 'cuda' backend; use 'triton' or 'reference'")
+        _ext.cuda_extension()  # raises with the reason when not built
+        if device.type != "cuda":
+            raise RuntimeError(f"{op}: backend='cuda' needs CUDA tensors, got tensors on {device}")
+    return chosen

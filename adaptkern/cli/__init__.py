@@ -1,0 +1,30 @@
+"""``adaptkern`` command line. Each subcommand lives in its own module of this package,
+exposing ``register(subparsers)``, which adds a parser whose ``func`` runs it."""
+
+import argparse
+import importlib
+import sys
+
+# Subcommand modules, in the order `adaptkern --help` lists them.
+SUBCOMMANDS = ["info"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adaptkern",
+        description="Kernels, exact FLOP accounting and scaling laws for adaptive-shape training.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"adaptkern.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Custom ops: dispatch to reference / Triton / CUDA, autograd, fake impls, FLOP formulas."""

@@ -1,0 +1,82 @@
+"""Test helpers: error measures with tolerances that mean something, and a GPU codegen
+check that compiles Triton kernels for sm_80 / sm_90 without a GPU."""
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+# Relative (Frobenius) error a result in this dtype may show against a float64 reference.
+REL_TOL = {
+    torch.float64: 1e-10,
+    torch.float32: 2e-5,
+    torch.float16: 3e-3,
+    torch.bfloat16: 2e-2,
+}
+
+
+def rel_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    """||value - reference|| / ||reference|| in float64 (0 when both are all zero)."""
+    value, reference = value.detach().double().cpu(), reference.detach().double().cpu()
+    if not torch.isfinite(value).all():
+        return float("inf")
+    diff = (value - reference).norm().item()
+    scale = reference.norm().item()
+    return diff / scale if scale > 0 else diff
+
+
+def assert_rel_close(value, reference, dtype=None, *, name="value", tol=None):
+    """value matches a float64 reference to the relative tolerance of ``dtype``."""
+    tol = REL_TOL[dtype or value.dtype] if tol is None else tol
+    assert value.shape == reference.shape, f"{name}: shape {tuple(value.shape)} != {tuple(reference.shape)}"
+    err = rel_error(value, reference)
+    assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.1e}"
+
+
+def assert_as_accurate_as_torch(value, reference, torch_value, *, name="value", factor=2.0, floor=None):
+    """flash-attn's criterion: the kernel's error against the float64 reference is at most
+    ``factor`` times plain PyTorch's error in the same dtype (plus a small floor)."""
+    floor = REL_TOL[value.dtype] / 10 if floor is None else floor
+    err, torch_err = rel_error(value, reference), rel_error(torch_value, reference)
+    assert err <= factor * torch_err + floor, (
+        f"{name}: relative error {err:.3e} > {factor} x PyTorch's {torch_err:.3e} + {floor:.1e}"
+    )
+
+
+_COMPILE_SCRIPT = r"""
+import importlib, json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+specs, archs = json.loads(sys.argv[1])
+results = []
+for module, kernel, signature, constexprs in specs:
+    fn = getattr(importlib.import_module(module), kernel)
+    for arch in archs:
+        compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                                  target=GPUTarget("cuda", arch, 32))
+        results.append({"kernel": kernel, "arch": arch, "shared": compiled.metadata.shared,
+                        "num_warps": compiled.metadata.num_warps,
+                        "wgmma": "wgmma" in compiled.asm["ptx"], "mma": "mma.sync" in compiled.asm["ptx"]})
+print(json.dumps(results))
+"""
+
+
+def compile_for_gpu(specs, archs=(80, 90)):
+    """Compile Triton kernels to cubin for the given SM archs with no GPU present.
+
+    ``specs``: list of (module, kernel name, signature, constexprs) as ``triton.compiler.ASTSource``
+    takes them (signature maps every parameter to a type such as "*bf16", "i32" or "constexpr").
+    Runs in a subprocess without TRITON_INTERPRET, so the real compiler pipeline is used.
+    Returns one dict per (kernel, arch) with shared memory bytes and the MMA flavour used.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _COMPILE_SCRIPT, json.dumps([specs, list(archs)])],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"Triton GPU compilation failed:\n{proc.stderr[-6000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,0 +1,51 @@
+"""Package layout, CUDA extension build, dispatch defaults and the CLI."""
+
+import importlib
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import adaptkern as ak
+from adaptkern import _backend, _ext
+
+
+def test_kernels_subpackage_is_importable():
+    module = importlib.import_module("adaptkern.kernels.pack")
+    assert hasattr(module, "pack_rows")
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH: the extension is optional")
+def test_cuda_extension_built_and_imports():
+    # With nvcc present the dev/CI install forces the build (ADAPTKERN_BUILD_CUDA=1).
+    assert _ext.cuda_extension_built(), f"adaptkern._C missing: {_ext._IMPORT_ERROR}"
+    module = _ext.cuda_extension()
+    assert module.cuda_runtime_version() >= 11080
+    for name in ("pack_rows", "unpack_rows"):
+        assert callable(getattr(module, name))
+    if not torch.cuda.is_available():
+        assert module.device_count() == 0
+
+
+def test_default_backend_is_reference_on_cpu(monkeypatch):
+    monkeypatch.delenv("ADAPTKERN_BACKEND", raising=False)
+    assert _backend.resolve_backend(None, "cpu", op="t") == "reference"
+    monkeypatch.setenv("ADAPTKERN_BACKEND", "triton")
+    if _backend.triton_interpreting():
+        assert _backend.resolve_backend(None, "cpu", op="t") == "triton"
+    assert _backend.resolve_backend("reference", "cpu", op="t") == "reference"
+
+
+def test_cli_info_reports_backends_and_extension():
+    proc = subprocess.run([sys.executable, "-m", "adaptkern", "info", "--json"], capture_output=True, text=True,
+                          check=True)
+    info = json.loads(proc.stdout)
+    assert info["torch"] == torch.__version__
+    assert info["cuda_extension_built"] == ak.cuda_extension_built()
+    assert "reference" in info["backends"]["cpu"]
+    help_text = subprocess.run([sys.executable, "-m", "adaptkern", "--help"], capture_output=True, text=True,
+                               check=True).stdout
+    assert "info" in help_text
