@@ -1,0 +1,232 @@
+"""The patch-embedding kernels themselves: Triton launchers with small tiles (several tiles
+per image, split reductions, every column order and vector width), the truth of the
+vector-load hints, GPU codegen for sm_80 / sm_90, and the CUDA backend (GPU only)."""
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import adaptkern as ak
+from adaptkern import _backend, _ext
+from adaptkern.reference.patch_embed import patchify
+
+from helpers import assert_rel_close, compile_for_gpu
+
+SMALL_FORWARD = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32)
+SMALL_GRAD_INPUT = dict(BLOCK_M=16, BLOCK_K=32, BLOCK_D=16)
+SMALL_GRAD_WEIGHT = dict(BLOCK_M=16, BLOCK_D=16, BLOCK_K=32, SPLITS=3)
+
+
+def _kernels():
+    return _backend.kernels("patch_embed")
+
+
+def _layouts(chans, p, dtype, device):
+    """name -> a batch tensor or a list of images, in layouts the kernels must read in place."""
+    def rand(*shape):
+        return torch.randn(*shape, device=device).to(dtype)
+
+    wide = rand(chans, p, 4 * p + 1)
+    return {
+        "nchw": rand(2, chans, 2 * p, 3 * p),
+        "channels_last": rand(2, chans, 2 * p, 3 * p).to(memory_format=torch.channels_last),
+        "packed": [rand(chans, 2 * p, 3 * p), rand(chans, 0, p), rand(chans, 5 * p, p).transpose(1, 2),
+                   wide[:, :, 1:], rand(3 * p, 2 * p, chans).permute(2, 0, 1)],
+        "packed_channels_last": [rand(p, 3 * p, chans).permute(2, 0, 1), rand(4 * p, p, chans).permute(2, 0, 1)],
+    }
+
+
+def _conv(image, weight, p):
+    if image.shape[1] == 0 or image.shape[2] == 0:
+        return image.new_zeros(0, weight.shape[0]) + 0 * weight.sum()
+    return F.conv2d(image[None], weight, stride=p).flatten(2).transpose(1, 2)[0]
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("p,chans,dtype", [(7, 3, torch.float32), (7, 3, torch.bfloat16), (8, 3, torch.float16),
+                                           (8, 3, torch.bfloat16), (4, 1, torch.float32)])
+def test_launchers_with_small_tiles(p, chans, dtype, device):
+    kernels = _kernels()
+    weight = torch.randn(24, chans, p, p, device=device).to(dtype)
+    bias = torch.randn(24, device=device).to(dtype)
+    for name, images in _layouts(chans, p, dtype, device).items():
+        listed = list(images) if isinstance(images, list) else list(images.unbind(0))
+        ref_images = [x.double().requires_grad_() for x in listed]
+        ref_weight = weight.double().requires_grad_()
+        expected = torch.cat([_conv(x, ref_weight, p) for x in ref_images]) + bias.double()
+        grad = torch.randn(expected.shape, device=device).to(dtype)
+        expected.backward(grad.double())
+
+        out = kernels.forward(images, weight, bias, config=SMALL_FORWARD)
+        assert_rel_close(out, expected, dtype, name=f"{name} forward")
+        grads = kernels.grad_input(grad, weight, images, config=SMALL_GRAD_INPUT)
+        for i, (g, x, r) in enumerate(zip(grads, listed, ref_images)):
+            assert g.shape == x.shape and g.dtype == dtype
+            if x.numel():
+                assert_rel_close(g, r.grad, dtype, name=f"{name} grad image {i}")
+        grad_weight = kernels.grad_weight(grad, images, p, p, torch.float32, config=SMALL_GRAD_WEIGHT)
+        assert_rel_close(grad_weight, ref_weight.grad, dtype, name=f"{name} grad weight")
+
+
+def _storage_index(x):
+    """For every element of ``x``, its index in the storage (in elements)."""
+    span = x.storage_offset() + sum((n - 1) * s for n, s in zip(x.shape, x.stride())) + 1
+    return torch.arange(span).as_strided(x.shape, x.stride(), x.storage_offset())
+
+
+def _assert_hint_holds(image, p, vec, channels_last):
+    """Every patch row, in the kernels' column order, is made of VEC-aligned runs of VEC
+    consecutive addresses: what the kernels promise the compiler when VEC > 1."""
+    cols = patchify(_storage_index(image)[None], p, p)  # storage index per (token, (c, i, j))
+    if channels_last:  # reorder the columns to (i, j, c)
+        cols = cols.reshape(cols.shape[0], image.shape[0], p * p).transpose(1, 2).reshape(cols.shape[0], -1)
+    base = image.data_ptr() - image.storage_offset() * image.element_size()
+    addresses = base + cols * image.element_size()
+    runs = addresses.reshape(cols.shape[0], -1, vec)
+    assert (runs[..., 0] % (vec * image.element_size()) == 0).all()
+    assert (runs.diff(dim=-1) == image.element_size()).all()
+
+
+def test_vector_width_is_only_claimed_when_true():
+    kernels = _kernels()
+
+    def width(images, p):
+        return kernels._pixels(images, p, p, 16).vec, kernels._pixels(images, p, p, 16).channels_last
+
+    x = torch.randn(2, 3, 32, 48, dtype=torch.bfloat16)
+    assert width(x, 16) == (8, False)
+    assert width(x.to(memory_format=torch.channels_last), 16) == (8, True)
+    assert width(x, 4) == (4, False)
+    assert width(x[:, :, :, 1:33], 16) == (1, False)  # misaligned start
+    assert width(x[..., ::2], 8)[0] == 1  # column stride 2
+    assert width(torch.randn(2, 3, 14, 14), 7)[0] == 1
+    assert width(torch.randn(2, 3, 16, 16), 16)[0] == 4  # float32: 16 bytes = 4 pixels
+    # Property: over random views, whatever VEC is claimed holds for every image.
+    claimed = 0
+    for _ in range(40):
+        p = [2, 4, 8, 16][int(torch.randint(0, 4, ()).item())]
+        chans = int(torch.randint(1, 4, ()).item())
+        height, width_ = p * int(torch.randint(1, 3, ()).item()), p * int(torch.randint(1, 4, ()).item())
+        pad, start = [(0, 0), (8, 0), (8, 1), (16, 8), (3, 2)][int(torch.randint(0, 5, ()).item())]
+        big = torch.randn(chans, height, width_ + pad, dtype=torch.float16)
+        if torch.rand(()) < 0.5:
+            big = big.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+        image = big[:, :, start:start + width_]
+        pixels = kernels._pixels([image], p, p, 16)
+        if pixels.vec > 1:
+            _assert_hint_holds(image, p, pixels.vec, pixels.channels_last)
+            claimed += 1
+    assert claimed >= 5  # the property was exercised
+
+
+def _specs():
+    """(module, kernel, signature, constexprs) for the GPU codegen check: each kernel as a
+    16-bit batch with vector loads, a 16-bit channels-last packed list, and float32."""
+    module = "adaptkern.kernels.patch_embed"
+    kernels = _kernels()
+    geometry = {"stride_b": "i64", "stride_c": "i64", "stride_h": "i64", "stride_w": "i64",
+                "tokens_per_image": "i32", "grid_w": "i32", "chans": "i32", "patch_h": "i32", "patch_w": "i32",
+                "patch_numel": "i32", "embed_dim": "i32"}
+    variants = [(torch.float16, "fp16", False, False, 8), (torch.bfloat16, "bf16", True, True, 8),
+                (torch.float32, "fp32", False, False, 1)]
+    specs = []
+    for dtype, ty, packed, channels_last, vec in variants:
+        place = {"table_ptr": "i64", "tiles_ptr": "i64"} if packed else {"table_ptr": "constexpr",
+                                                                           "tiles_ptr": "constexpr"}
+        flags = {"PACKED": packed, "CHANNELS_LAST": channels_last, "VEC": vec,
+                 **({} if packed else {"table_ptr": None, "tiles_ptr": None})}
+        for kind, kernel, pointers, extra in [
+            ("forward", "_forward_kernel", {"x_ptr": ty, **place, "w_ptr": ty, "bias_ptr": ty, "out_ptr": ty},
+             {"HAS_BIAS": True}),
+            ("grad_input", "_grad_input_kernel", {"gx_ptr": ty, **place, "w_ptr": ty, "grad_ptr": ty}, {}),
+            ("grad_weight", "_grad_weight_kernel", {"x_ptr": ty, **place, "grad_ptr": ty, "partial_ptr": "fp32"},
+             {"num_tiles": "i32", "tiles_per_split": "i32"}),
+        ]:
+            config = kernels.default_config(kind, dtype, 1 << 20, 768, 768)
+            blocks = {k: v for k, v in config.items() if k.startswith("BLOCK")}
+            signature = {k: (v if v == "constexpr" else f"*{v}") for k, v in pointers.items()}
+            signature.update(geometry)
+            signature.update({k: v for k, v in extra.items() if isinstance(v, str)})
+            constexprs = {**flags, **{k: v for k, v in extra.items() if not isinstance(v, str)}, **blocks}
+            signature.update({k: "constexpr" for k in constexprs if k not in signature})
+            specs.append((module, kernel, signature, constexprs))
+    return specs
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_gpu():
+    specs = _specs()
+    # One compiler subprocess per architecture, side by side: half the wall time on two cores.
+    with ThreadPoolExecutor(2) as pool:
+        sm80, sm90 = pool.map(lambda arch: compile_for_gpu(specs, archs=(arch,)), (80, 90))
+    assert len(sm80) == len(sm90) == len(specs) == 9
+    limits = {80: 163 * 1024, 90: 227 * 1024}
+    for spec, results in zip(specs, zip(sm80, sm90)):
+        for result in results:
+            assert result["kernel"] == spec[1] and result["shared"] <= limits[result["arch"]], result
+            if not next(iter(spec[2].values())).endswith("fp32"):  # 16-bit: tensor cores
+                assert result["wgmma"] if result["arch"] == 90 else result["mma"], result
+
+
+def test_cuda_extension_has_the_patch_kernels():
+    if shutil.which("nvcc") is None and not _ext.cuda_extension_built():
+        pytest.skip("CUDA extension not built (no nvcc)")
+    module = _ext.cuda_extension()
+    assert callable(module.patchify) and callable(module.unpatchify)
+
+
+GPU_BACKENDS = ["triton", "cuda"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gpu_backends_match_the_reference(backend, dtype, channels_last):
+    if backend == "cuda" and not _ext.cuda_extension_built():
+        pytest.skip("CUDA extension not built")
+    device = torch.device("cuda")
+    images = torch.randn(4, 3, 224, 160, device=device).to(dtype)
+    if channels_last:
+        images = images.to(memory_format=torch.channels_last)
+    weight = (torch.randn(384, 3, 16, 16, device=device) / 27).to(dtype)
+    bias = torch.randn(384, device=device).to(dtype)
+    for patch in (16, 14, 32):
+        inputs = [t.detach().clone().requires_grad_() for t in (images, weight, bias)]
+        out = ak.flexi_patch_embed(*inputs, patch, backend=backend)
+        ref_inputs = [t.detach().double().requires_grad_() for t in (images, weight, bias)]
+        expected = ak.flexi_patch_embed(*ref_inputs, patch, backend="reference")
+        assert_rel_close(out, expected, dtype, name=f"{backend} p={patch}")
+        grad = torch.randn_like(out)
+        for g, e, name in zip(torch.autograd.grad(out, inputs, grad),
+                              torch.autograd.grad(expected, ref_inputs, grad.double()), ("images", "weight", "bias")):
+            assert_rel_close(g, e, dtype, name=f"{backend} p={patch} grad {name}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_packed_matches_the_reference(backend, dtype):
+    if backend == "cuda" and not _ext.cuda_extension_built():
+        pytest.skip("CUDA extension not built")
+    device = torch.device("cuda")
+    sizes = [(224, 224), (96, 160), (0, 32), (32, 480), (128, 64)]
+    images = [torch.randn(3, h, w, device=device).to(dtype) for h, w in sizes]
+    images[1] = images[1].transpose(1, 2).contiguous().transpose(1, 2)
+    weight = (torch.randn(256, 3, 16, 16, device=device) / 27).to(dtype)
+    bias = torch.randn(256, device=device).to(dtype)
+    inputs = [t.clone().requires_grad_() for t in (*images, weight, bias)]
+    packed = ak.flexi_patch_embed_packed(inputs[:5], inputs[5], inputs[6], 32, backend=backend)
+    ref_inputs = [t.detach().double().requires_grad_() for t in (*images, weight, bias)]
+    expected = ak.flexi_patch_embed_packed(ref_inputs[:5], ref_inputs[5], ref_inputs[6], 32, backend="reference")
+    assert torch.equal(packed.cu_seqlens.cpu(), expected.cu_seqlens.cpu())
+    assert_rel_close(packed.tokens, expected.tokens, dtype, name=f"{backend} packed")
+    grad = torch.randn_like(packed.tokens)
+    got = torch.autograd.grad(packed.tokens, inputs, grad)
+    want = torch.autograd.grad(expected.tokens, ref_inputs, grad.double())
+    for g, e in zip(got, want):
+        if e.numel():
+            assert_rel_close(g, e, dtype, name=f"{backend} packed grad")
