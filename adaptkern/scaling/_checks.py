@@ -1,0 +1,60 @@
+"""Validation of fit data. Every message starts with the public function's name and names
+the argument (or CSV column) and what was expected, as in ``adaptkern/_checks.py``."""
+
+import numbers
+
+import numpy as np
+
+
+def as_data(fn: str, name: str, values, *, positive: bool = True) -> np.ndarray:
+    """``values`` as a 1-D float64 array of finite numbers (and > 0 when ``positive``)."""
+    if isinstance(values, (str, bytes)) or values is None:
+        raise TypeError(f"{fn}: {name} must be a 1-D sequence of numbers, got {type(values).__name__}")
+    array = np.asarray(values)
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.number) or array.dtype == object):
+        raise TypeError(f"{fn}: {name} must hold numbers, got dtype {array.dtype}")
+    try:
+        array = array.astype(np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{fn}: {name} must hold numbers, got {array.dtype} values that are not") from None
+    if array.ndim != 1:
+        raise ValueError(f"{fn}: {name} must be 1-D, got shape {array.shape}")
+    bad = ~np.isfinite(array)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{fn}: {name} must be finite, but {name}[{i}] = {array[i]}")
+    if positive and (array <= 0).any():
+        i = int(np.argmax(array <= 0))
+        raise ValueError(f"{fn}: {name} must be > 0, but {name}[{i}] = {array[i]}")
+    return array
+
+
+def as_columns(fn: str, n_params: int, **columns) -> list:
+    """Validate named data columns (positive, finite, one length, enough points to fit
+    ``n_params`` parameters); returns them as float64 arrays, in the order given."""
+    arrays = {name: as_data(fn, name, values) for name, values in columns.items()}
+    lengths = {name: len(a) for name, a in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"len({name})={n}" for name, n in lengths.items())
+        raise ValueError(f"{fn}: the data columns must have one length, got {shown}")
+    n = next(iter(lengths.values()))
+    if n < n_params:
+        raise ValueError(f"{fn}: {n} data points cannot determine {n_params} parameters; "
+                         f"pass at least {n_params} points in {', '.join(arrays)}")
+    return list(arrays.values())
+
+
+def check_confidence(fn: str, confidence) -> float:
+    if isinstance(confidence, bool) or not isinstance(confidence, numbers.Real):
+        raise TypeError(f"{fn}: confidence must be a number in (0, 1), got {type(confidence).__name__}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"{fn}: confidence must be in (0, 1), got {confidence}")
+    return float(confidence)
+
+
+def check_n_boot(fn: str, n_boot) -> int:
+    if isinstance(n_boot, bool) or not isinstance(n_boot, numbers.Integral):
+        raise TypeError(f"{fn}: n_boot must be an int, got {type(n_boot).__name__}")
+    if n_boot < 0:
+        raise ValueError(f"{fn}: n_boot must be >= 0, got {n_boot}")
+    return int(n_boot)
