@@ -1,0 +1,418 @@
+"""Compute-optimal adaptive shape schedule (Anagnostidis et al. 2023, "Navigating Scaling
+Laws: Compute Optimality in Adaptive Model Training").
+
+Each shape s has a law E_s(C) = c + a (C + d)^-b mapping training compute to loss. Its
+inverse C_s(E) is the compute shape s needs to reach loss E from scratch. Training walks
+the loss down from ``start_loss`` to ``target_loss``; at every loss level it may follow any
+shape, and a switch to shape s' at loss E continues along s' from C_s'(E). The compute of
+a plan is the sum, over its segments, of C_s(E_end) - C_s(E_start), so with free switches
+the optimum follows, at every loss level, the shape with the least |dC_s/dE| and costs the
+integral of that minimum. A charge per switch breaks that pointwise rule; then the plan is
+found by dynamic programming (see ``optimal_schedule``).
+
+A law passed in is duck-typed: ``predict(C)``, ``inverse(L)``, ``d_inverse(L)`` (analytic
+dC/dL) and its asymptote ``c`` (``adaptkern.scaling.fit_shape_law`` returns such laws).
+Compute here is "compute along the laws": shapes never spend negative compute, so a loss
+above a law's loss at C=0 costs that shape nothing (C_s(E) = max(inverse_s(E), 0)).
+"""
+
+import itertools
+import math
+import numbers
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import brentq
+
+_OP = "adaptkern.schedule.optimal_schedule"
+_LAW_METHODS = ("predict", "inverse", "d_inverse")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One stretch of training on one shape, from loss ``loss_start`` down to ``loss_end``.
+
+    ``compute`` is what the stretch costs along the shape's law; ``compute_start`` and
+    ``compute_end`` are the plan's cumulative compute (switch charges included) when the
+    stretch begins and ends, so a training loop switches shape once it has spent
+    ``compute_end``."""
+
+    shape: object
+    loss_start: float
+    loss_end: float
+    compute: float
+    compute_start: float
+    compute_end: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An adaptive schedule. ``savings`` = 1 - total_compute / best_static_compute
+    (negative when adapting costs more, which only switch charges can cause)."""
+
+    segments: list
+    total_compute: float
+    best_static_shape: object
+    best_static_compute: float
+    savings: float
+    start_loss: float
+    target_loss: float
+    switch_cost: float
+    static_compute: dict = field(default_factory=dict)  # shape -> compute to the target alone (inf: never)
+
+    @property
+    def num_switches(self) -> int:
+        return max(len(self.segments) - 1, 0)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: shapes as given, an unreachable static shape's compute as None."""
+        def finite(x):
+            return x if math.isfinite(x) else None
+
+        return {
+            "segments": [dict(vars(seg)) for seg in self.segments],
+            "total_compute": self.total_compute, "num_switches": self.num_switches,
+            "best_static_shape": self.best_static_shape, "best_static_compute": self.best_static_compute,
+            "savings": self.savings, "start_loss": self.start_loss, "target_loss": self.target_loss,
+            "switch_cost": self.switch_cost,
+            "static_compute": {str(k): finite(v) for k, v in self.static_compute.items()},
+        }
+
+    def summary(self) -> str:
+        """A few human-readable lines: the segments, the total and the best static shape."""
+        lines = [f"adaptive plan from loss {self.start_loss:.4g} to {self.target_loss:.4g}:"]
+        for seg in self.segments:
+            lines.append(
+                f"  shape {seg.shape!s:>8}: loss {seg.loss_start:.4g} -> {seg.loss_end:.4g}, "
+                f"compute {seg.compute:.4g} (cumulative {seg.compute_end:.4g})"
+            )
+        lines.append(f"  total {self.total_compute:.4g} ({self.num_switches} switches at {self.switch_cost:.3g} each)")
+        lines.append(
+            f"  best static shape {self.best_static_shape!s}: {self.best_static_compute:.4g} "
+            f"-> savings {100 * self.savings:.1f}%"
+        )
+        return "\n".join(lines)
+
+
+class _Shape:
+    """A law seen as the clipped compute-of-loss curve C(E) and its slope |dC/dE|."""
+
+    def __init__(self, key, law):
+        self.key, self.law = key, law
+        self.c = float(law.c)
+        with np.errstate(all="ignore"):
+            try:
+                free_above = float(np.asarray(law.predict(0.0), dtype=float))
+            except (ArithmeticError, ValueError):
+                free_above = math.inf
+        # Losses at or above the law's loss at C=0 cost this shape nothing.
+        self.free_above = free_above if math.isfinite(free_above) and free_above > self.c else math.inf
+
+    def compute(self, losses):
+        """C(E): compute to reach each loss from scratch; inf at or below the asymptote."""
+        return self._eval(self.law.inverse, losses, clip=True, free=lambda e: e >= self.free_above)
+
+    def slope(self, losses):
+        """|dC/dE| just below each loss (training lowers the loss); inf at or below the
+        asymptote, 0 where the shape is free."""
+        return np.abs(self._eval(self.law.d_inverse, losses, clip=False, free=lambda e: e > self.free_above))
+
+    def _eval(self, fn, losses, *, clip, free):
+        losses = np.atleast_1d(np.asarray(losses, dtype=float))
+        out = np.full(losses.shape, math.inf)
+        is_free = free(losses)
+        out[is_free] = 0.0
+        live = (losses > self.c) & ~is_free
+        if live.any():
+            values = _call(fn, losses[live])
+            out[live] = np.maximum(values, 0.0) if clip else values
+        return out
+
+
+def _call(fn, x):
+    """fn on a float array, element by element if the law only takes scalars."""
+    with np.errstate(all="ignore"):
+        try:
+            y = np.asarray(fn(x), dtype=float)
+            if y.shape == x.shape:
+                return y
+        except (TypeError, ValueError):
+            pass
+        return np.array([float(np.asarray(fn(float(v)), dtype=float)) for v in x])
+
+
+def _real(name, value, *, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{_OP}: {name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{_OP}: {name} must be finite, got {value}")
+    return value
+
+
+def _check_laws(laws):
+    if not isinstance(laws, dict) or not laws:
+        raise ValueError(f"{_OP}: laws must be a non-empty dict shape -> law, got {laws!r:.80}")
+    shapes = []
+    for key, law in laws.items():
+        missing = [m for m in _LAW_METHODS if not callable(getattr(law, m, None))]
+        missing += [] if hasattr(law, "c") else ["c"]
+        if missing:
+            raise ValueError(
+                f"{_OP}: laws[{key!r}] lacks {', '.join(missing)}; a law needs predict(C), inverse(L), "
+                f"d_inverse(L) and its asymptote c"
+            )
+        c = getattr(law, "c")
+        if isinstance(c, bool) or not isinstance(c, numbers.Real) or not math.isfinite(c):
+            raise ValueError(f"{_OP}: laws[{key!r}].c must be a finite real number, got {c!r}")
+        shapes.append(_Shape(key, law))
+    # Ties (several shapes free at once) go to the one that stays free longest.
+    return sorted(shapes, key=lambda s: s.free_above)
+
+
+def optimal_schedule(laws, target_loss, start_loss=None, switch_cost=0.0, *, grid_size=2048):
+    """The least-compute way to train from ``start_loss`` down to ``target_loss`` switching shapes.
+
+    Args:
+        laws: dict shape -> law; a law has ``predict(C)``, ``inverse(L)``, ``d_inverse(L)``
+            and its asymptote ``c``. A shape whose ``c`` is at or above ``target_loss`` may be
+            followed only while the loss is above its ``c``, never to the end.
+        target_loss: the loss to reach (> 0, above the asymptote of at least one law).
+        start_loss: the loss training starts from. Default: the highest loss any law predicts
+            at C=0 (a fresh model of that shape), so every shape starts from scratch.
+        switch_cost: compute charged for each switch (>= 0, in the laws' compute units).
+        grid_size: loss levels scanned between start and target (more: finer scan).
+
+    Returns:
+        ``Plan``. With ``switch_cost == 0`` the plan follows the cheapest shape at every loss
+        level; its boundaries are where the cheapest shape changes, found by a scan of
+        ``grid_size`` loss levels and refined with brentq to float precision. With
+        ``switch_cost > 0`` the plan is the exact optimum of a dynamic programme whose nodes
+        are the scan grid plus every loss at which two shapes' slopes |dC/dE| cross and every
+        law's loss at C=0 (where its cost starts): an optimal switch point is always one of
+        those (moving it changes the cost by the difference of the two slopes), so the
+        plan is exact to brentq precision, unless two crossings of one pair fall inside
+        one grid cell, which the scan cannot see; then a switch may be off by up to that
+        cell's width. Segment computes are differences of the inverse laws, never a
+        quadrature.
+    """
+    shapes = _check_laws(laws)
+    target = _real("target_loss", target_loss)
+    if target <= 0:
+        raise ValueError(f"{_OP}: target_loss must be > 0, got {target}")
+    kappa = _real("switch_cost", switch_cost)
+    if kappa < 0:
+        raise ValueError(f"{_OP}: switch_cost must be >= 0, got {kappa}")
+    if isinstance(grid_size, bool) or not isinstance(grid_size, numbers.Integral) or grid_size < 16:
+        raise ValueError(f"{_OP}: grid_size must be an int >= 16, got {grid_size!r}")
+    if all(s.c >= target for s in shapes):
+        asymptotes = ", ".join(f"{s.key!r}: {s.c:.6g}" for s in shapes)
+        raise ValueError(f"{_OP}: no shape reaches target_loss={target:.6g}; their asymptotes c are {{{asymptotes}}}")
+    start = _real("start_loss", start_loss, allow_none=True)
+    if start is None:
+        initial = [s.free_above for s in shapes if math.isfinite(s.free_above)]
+        if not initial:
+            raise ValueError(f"{_OP}: no law predicts a finite loss at C=0; pass start_loss")
+        start = max(initial)
+        if start <= target:
+            raise ValueError(
+                f"{_OP}: target_loss={target:.6g} is at or above every law's loss at C=0 (highest "
+                f"{start:.6g}): nothing to train; pass a lower target_loss or a start_loss"
+            )
+    elif start <= target:
+        raise ValueError(f"{_OP}: start_loss={start:.6g} must be greater than target_loss={target:.6g}")
+
+    grid = _loss_grid(shapes, start, target, int(grid_size))
+    if kappa == 0:
+        switches = _greedy_switches(shapes, grid)
+    else:
+        switches = _dp_switches(shapes, _with_crossings(shapes, grid), kappa)
+    return _build_plan(shapes, switches, start, target, kappa)
+
+
+def _loss_grid(shapes, start, target, n):
+    """Descending loss levels from start to target: uniform, plus geometric clusters at the
+    target and above each asymptote in range (where slopes change fastest), plus the
+    free-above kinks."""
+    span = start - target
+    parts = [np.linspace(target, start, n), target + span * np.geomspace(1e-12, 1.0, n)]
+    for s in shapes:
+        if target <= s.c < start:
+            parts.append(s.c + (start - s.c) * np.geomspace(1e-12, 1.0, n // 4))
+        if target < s.free_above < start:
+            parts.append([s.free_above])
+    grid = np.unique(np.clip(np.concatenate(parts), target, start))
+    return grid[::-1]
+
+
+def _argmin(slopes):
+    # np.argmin keeps the first of equal values: shapes are sorted so ties go to the one free longest.
+    return np.argmin(slopes, axis=0)
+
+
+def _slopes(shapes, losses):
+    return np.stack([s.slope(losses) for s in shapes])
+
+
+def _log_ratio(a, b, loss):
+    """A bounded, continuous-where-the-slopes-are sign function of slope_a - slope_b."""
+    sa, sb = a.slope(loss)[0], b.slope(loss)[0]
+    if sa == sb:
+        return 0.0
+    with np.errstate(all="ignore"):
+        return math.atan(np.log(sa) - np.log(sb))
+
+
+def _crossing(a, b, hi, lo):
+    """A loss in [lo, hi] where a's slope stops being below b's (sign change of the ratio)."""
+    f_hi, f_lo = _log_ratio(a, b, hi), _log_ratio(a, b, lo)
+    if f_hi == 0 or f_lo == 0 or (f_hi > 0) == (f_lo > 0):
+        return lo if f_lo == 0 else hi
+    return brentq(lambda e: _log_ratio(a, b, e), lo, hi, xtol=4 * np.finfo(float).eps * hi, rtol=1e-15)
+
+
+def _greedy_switches(shapes, grid, depth=0):
+    """[(loss, shape index)]: where the cheapest shape changes, first entry at grid[0]."""
+    best = _argmin(_slopes(shapes, grid))
+    switches = [(grid[0], int(best[0]))]
+    for i in np.nonzero(best[1:] != best[:-1])[0]:
+        hi, lo, a, b = grid[i], grid[i + 1], int(best[i]), int(best[i + 1])
+        cut = _crossing(shapes[a], shapes[b], hi, lo)
+        mids = _argmin(_slopes(shapes, np.array([(hi + cut) / 2, (cut + lo) / 2])))
+        if (mids[0] != a or mids[1] != b) and depth < 4 and hi - lo > 8 * np.finfo(float).eps * hi:
+            # A third shape wins somewhere inside this cell: rescan it finer.
+            inner = _greedy_switches(shapes, np.linspace(hi, lo, 17), depth + 1)
+            switches.extend(inner[1:] if inner[0][1] == switches[-1][1] else inner)
+        else:
+            switches.append((cut, b))
+    return _merge(switches)
+
+
+def _merge(switches):
+    merged = []
+    for loss, k in switches:
+        if merged and merged[-1][1] == k:
+            continue
+        if merged and merged[-1][0] == loss:
+            merged[-1] = (loss, k)
+        else:
+            merged.append((loss, k))
+    return merged
+
+
+def _with_crossings(shapes, grid):
+    """The grid plus every loss where two shapes' slopes cross (sign changes on the grid)."""
+    slopes = _slopes(shapes, grid)
+    extra = []
+    for i, j in itertools.combinations(range(len(shapes)), 2):
+        with np.errstate(all="ignore"):
+            sign = np.sign(slopes[i] - slopes[j])
+        for k in np.nonzero(sign[1:] * sign[:-1] < 0)[0]:
+            extra.append(_crossing(shapes[i], shapes[j], grid[k], grid[k + 1]))
+    return np.unique(np.concatenate([grid, extra]))[::-1]
+
+
+def _dp_switches(shapes, nodes, kappa):
+    """Least compute + kappa * switches over plans that switch only at ``nodes`` (descending)."""
+    compute = np.stack([s.compute(nodes) for s in shapes])  # (S, N), inf below each asymptote
+    with np.errstate(invalid="ignore"):
+        step = np.where(np.isfinite(compute[:, 1:]), compute[:, 1:] - compute[:, :-1], np.inf)
+    n_shapes, n_steps = step.shape
+    best = np.zeros(n_shapes)  # cost so far of being on each shape at the current node
+    came_from = np.empty((n_steps, n_shapes), dtype=np.int64)
+    for j in range(n_steps):
+        stay, switch_from = best, int(np.argmin(best))
+        use_switch = best[switch_from] + kappa < stay
+        came_from[j] = np.where(use_switch, switch_from, np.arange(n_shapes))
+        best = np.where(use_switch, best[switch_from] + kappa, stay) + step[:, j]
+    shape = int(np.argmin(best))
+    if not np.isfinite(best[shape]):
+        raise AssertionError("no finite plan although a shape reaches the target")  # guarded above
+    switches = []
+    for j in range(n_steps - 1, -1, -1):
+        prev = int(came_from[j, shape])
+        if prev != shape:
+            switches.append((nodes[j], shape))
+            shape = prev
+    switches.append((nodes[0], shape))
+    return switches[::-1]
+
+
+def _build_plan(shapes, switches, start, target, kappa):
+    bounds = [loss for loss, _ in switches[1:]] + [target]
+    segments, spent = [], 0.0
+    for n, ((loss_start, k), loss_end) in enumerate(zip(switches, bounds)):
+        loss_start = start if n == 0 else loss_start
+        ends = shapes[k].compute(np.array([loss_start, loss_end]))
+        compute = float(ends[1] - ends[0])
+        begin = spent + (kappa if n else 0.0)
+        spent = begin + compute
+        segments.append(Segment(shapes[k].key, float(loss_start), float(loss_end), compute, begin, spent))
+    static = {}
+    for s in shapes:
+        ends = s.compute(np.array([start, target]))
+        static[s.key] = float(ends[1] - ends[0]) if np.isfinite(ends[1]) else math.inf
+    best_static = min(static, key=static.get)
+    best_compute = static[best_static]
+    savings = 1.0 - spent / best_compute if best_compute > 0 else 0.0
+    return Plan(segments, spent, best_static, best_compute, savings, start, target, kappa, static)
+
+
+def plot_plan(plan, laws, path, *, title=None, points=200):
+    """Draw loss vs compute (log x) of each static law and of the adaptive plan; save to ``path``.
+
+    Args:
+        plan: a ``Plan`` from ``optimal_schedule``.
+        laws: the dict shape -> law the plan was made from.
+        path: where to write the image (format from the suffix, e.g. ``.png``).
+        title: figure title (default: a one-line summary of the savings).
+        points: samples per curve.
+    Returns ``path``. Uses matplotlib's Agg canvas directly, so it needs no display.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    shapes = {s.key: s for s in _check_laws(laws)}
+    if not isinstance(plan, Plan):
+        raise TypeError(f"adaptkern.schedule.plot_plan: plan must be a Plan, got {type(plan).__name__}")
+    x_max = 2.5 * max(plan.best_static_compute, plan.total_compute, 1e-300)
+    x_min = x_max * 1e-4
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    top = plan.target_loss
+    for key, s in shapes.items():
+        base = s.compute(np.array([plan.start_loss]))[0]
+        x = np.geomspace(x_min, x_max, points)
+        losses = _call(s.law.predict, base + x)
+        ax.plot(x, losses, lw=1.2, alpha=0.75, label=f"static {key}")
+        top = max(top, float(np.nanmax(np.minimum(losses, plan.start_loss))))
+    for seg in plan.segments:
+        losses = np.linspace(seg.loss_start, seg.loss_end, points)
+        along = shapes[seg.shape].compute(losses)
+        x = seg.compute_start + along - along[0]
+        keep = x >= x_min
+        ax.plot(x[keep], losses[keep], color="black", lw=2.4, solid_capstyle="butt")
+    for seg in plan.segments[1:]:
+        ax.plot([seg.compute_start], [seg.loss_start], "o", color="black", ms=5)
+    ax.plot([], [], color="black", lw=2.4, label="adaptive (dots: switches)")
+    ax.axhline(plan.target_loss, color="grey", ls="--", lw=1, label="target loss")
+    ax.plot([plan.total_compute], [plan.target_loss], "*", color="black", ms=11)
+    if math.isfinite(plan.best_static_compute):
+        ax.plot([plan.best_static_compute], [plan.target_loss], "*", color="grey", ms=11,
+                label=f"best static ({plan.best_static_shape}) at target")
+    ax.set_xscale("log")
+    ax.set_xlim(x_min, x_max)
+    ax.set_ylim(plan.target_loss - 0.25 * (top - plan.target_loss), top)
+    ax.set_xlabel("compute")
+    ax.set_ylabel("loss")
+    ax.set_title(title or (
+        f"adaptive {plan.total_compute:.3g} vs best static ({plan.best_static_shape}) "
+        f"{plan.best_static_compute:.3g}: {100 * plan.savings:.1f}% saved"
+    ), fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.25)
+    fig.savefig(path, dpi=120)
+    return path
