@@ -281,6 +281,8 @@ def _(grad, images, weight, backend):
 def _setup(ctx, inputs, output):
     images, weight, bias, backend = inputs
     ctx.packed = not isinstance(images, torch.Tensor)
+    # needs_input_grad is True for a Tensor[] argument whatever its elements need: ask them.
+    ctx.images_need_grad = any(image.requires_grad for image in images) if ctx.packed else None
     ctx.save_for_backward(weight, *([images] if not ctx.packed else images))
     ctx.bias_dtype = None if bias is None else bias.dtype
     ctx.backend = backend
@@ -291,7 +293,7 @@ def _backward(ctx, grad):
     images = images if ctx.packed else images[0]
     _, grad_input_op, grad_weight_op = _layout_ops(ctx.packed)
     grad_input = grad_weight = grad_bias = None
-    if ctx.needs_input_grad[0]:
+    if ctx.images_need_grad if ctx.packed else ctx.needs_input_grad[0]:
         grad_input = grad_input_op(grad, images, weight, ctx.backend)
     if ctx.needs_input_grad[1]:
         grad_weight = grad_weight_op(grad, images, weight, ctx.backend)
@@ -309,6 +311,8 @@ def _no_grad(images, packed):
 def _grad_setup(ctx, inputs, output):
     grad, images, weight, backend = inputs
     ctx.packed = not isinstance(images, torch.Tensor)
+    # needs_input_grad is True for a Tensor[] argument whatever its elements need: ask them.
+    ctx.images_need_grad = any(image.requires_grad for image in images) if ctx.packed else None
     ctx.save_for_backward(grad, weight, *([images] if not ctx.packed else images))
     ctx.backend = backend
 
