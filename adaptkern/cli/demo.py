@@ -1,0 +1,71 @@
+"""``adaptkern demo``: the main job. Sweep static shapes, fit per-shape scaling laws, plan
+the compute-optimal shape schedule, train adaptively, and report the exact FLOPs each
+static shape and the adaptive run needed to reach a target loss (table, JSON, PNG)."""
+
+import sys
+
+
+def add_run_arguments(parser, *, model_help: str) -> None:
+    """Options shared by ``demo`` and ``train``: model, data, batch, evals, device, seed."""
+    parser.add_argument("--model", choices=["vit", "lm"], default="vit", help=model_help)
+    parser.add_argument("--images", metavar="DIR", help="your images (one subfolder per class) instead of the "
+                                                       "embedded synthetic glyphs (with --model vit)")
+    parser.add_argument("--text", metavar="FILE", help="your text file (byte-level LM) instead of the embedded "
+                                                      "synthetic copy corpus (with --model lm)")
+    parser.add_argument("--budget", type=float, metavar="FLOPS",
+                        help="training FLOPs per run (exact count, e.g. 4e11); evals at log-spaced budgets up to it")
+    parser.add_argument("--evals", type=int, metavar="N", help="evals per run (log-spaced in compute)")
+    parser.add_argument("--target-loss", type=float, metavar="L", help="the target loss")
+    parser.add_argument("--batch-size", type=int, metavar="B", help="global images per step (vit)")
+    parser.add_argument("--tokens-per-batch", type=int, metavar="T", help="global tokens per step (lm)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available; under torchrun one "
+                                         "GPU per rank)")
+    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default 1 on CPU)")
+    parser.add_argument("--seed", type=int, default=0, help="data and model seed (default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def apply_threads(args) -> None:
+    """--threads, else one thread on CPU: the models are tiny, per-op overhead dominates, and a
+    second OpenMP thread mostly spins (on a shared 2-core machine it made steps many times
+    slower)."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    elif not (args.device or "").startswith("cuda") and not torch.cuda.is_available():
+        torch.set_num_threads(1)
+
+
+def run(args) -> int:
+    from adaptkern.train.demo import run_demo
+
+    apply_threads(args)
+    try:
+        run_demo(args.model, images=args.images, text=args.text, shapes=args.shapes, budget=args.budget,
+                 device=args.device, out=args.out, fast=args.fast, seed=args.seed, resume=args.resume,
+                 target_loss=args.target_loss, batch_size=args.batch_size, tokens_per_batch=args.tokens_per_batch,
+                 evals=args.evals, progress=not args.no_progress)
+    except (ValueError, OSError) as error:
+        print(f"adaptkern demo: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="the main job: static shape sweep, per-shape laws, compute-optimal adaptive run, FLOPs report",
+        description="Sweep fixed shapes (ViT patch sizes or LM context lengths) on the embedded synthetic data (or "
+                    "your own), fit one scaling law per shape, plan the compute-optimal shape schedule, train "
+                    "adaptively along it, and report the exact FLOPs each run needed to reach the target loss. "
+                    "Writes OUT/summary.json and OUT/demo.png and prints a table.")
+    add_run_arguments(parser, model_help="vit: patch-size schedule on images (default); lm: context-length "
+                                         "schedule on text")
+    parser.add_argument("--shapes", nargs="+", metavar="SHAPE",
+                        help="shapes to sweep: patch sizes like p16 p8 p4 (or p8@24: patch 8 at resolution 24) "
+                             "for vit, contexts like ctx16 ctx64 ctx256 for lm")
+    parser.add_argument("--out", default="adaptkern-demo", metavar="DIR", help="output folder (default adaptkern-demo)")
+    parser.add_argument("--fast", action="store_true", help="tiny budgets (CI): checks the pipeline in seconds")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue in OUT: keep finished runs, resume unfinished ones from their checkpoints")
+    parser.set_defaults(func=run)

@@ -1,0 +1,6 @@
+"""Deterministic training data: embedded synthetic sets (no download) and user folders/files."""
+
+from .images import ImageFolderData, SyntheticGlyphs, rank_slice
+from .text import SyntheticCopyText, TextFileData
+
+__all__ = ["ImageFolderData", "SyntheticCopyText", "SyntheticGlyphs", "TextFileData", "rank_slice"]

@@ -1,0 +1,223 @@
+"""The training loop: one run of a task on a shape schedule, with an exact FLOP ledger,
+checkpoints and resume, a progress bar, metrics written as it goes and held-out evals at
+log-spaced compute points.
+
+Learning rate: AdamW with a short linear warmup, then CONSTANT. With a decaying schedule the
+loss halfway through a run depends on the run's planned length, so a run's eval curve would
+not tell what a shorter run reaches; with a constant rate every prefix of a run is itself a
+valid shorter run, so one run per shape gives the whole loss-vs-compute curve at every
+budget (an "anytime" curve), and an adaptive run can switch shape without restarting a
+schedule. (Constant rates lose a little final loss to a cooldown; Hägele et al. 2024,
+"Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations", show that a
+short cooldown recovers it. Every run here is treated alike, so comparisons stay fair.)
+
+Files written to ``out_dir`` (by rank 0): ``metrics.jsonl`` (train loss every
+``log_every`` steps), ``evals.jsonl`` (one row per eval), ``ledger.json`` (FLOPs per shape
+and phase, summed over ranks), ``checkpoint.pt`` and, when the run ends, ``summary.json``.
+"""
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..flops import FlopLedger
+from . import checkpoint, distributed
+from .evaluate import evaluate
+from .io import JsonLines, write_json
+from .schedule import ShapeSchedule
+from .stepflops import StepFlops
+
+
+@dataclass
+class RunConfig:
+    """What defines a run (everything here is part of its identity for resuming, except
+    the fields listed in ``_CONTROL``).
+
+    budget: training FLOPs (exact, summed over ranks) after which the run stops.
+    eval_points: training-compute levels at which to evaluate (default: ``n_evals``
+        log-spaced from ``first_eval_fraction * budget`` to ``budget``).
+    stop_at_loss: also stop after the first eval at or below this loss.
+    max_steps: also stop after this many steps (a pause: a later call resumes).
+    measure_every_step: count every step under FlopCounterMode instead of once per FLOP
+        signature (slow; the tests use it to prove the cache exact).
+    """
+
+    budget: int
+    seed: int = 0
+    lr: float = 2e-3
+    warmup_steps: int = 30
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    n_evals: int = 12
+    first_eval_fraction: float = 0.01
+    eval_points: Optional[tuple] = None
+    eval_shape: Optional[str] = None
+    stop_at_loss: Optional[float] = None
+    max_steps: Optional[int] = None
+    checkpoint_every: int = 200
+    log_every: int = 10
+    measure_every_step: bool = False
+    progress: bool = True
+    progress_desc: Optional[str] = None
+
+    _CONTROL = ("max_steps", "checkpoint_every", "log_every", "progress", "progress_desc", "measure_every_step")
+
+    def points(self) -> list:
+        if self.eval_points is not None:
+            return sorted(float(p) for p in self.eval_points)
+        if self.n_evals < 1:
+            return []
+        return [float(p) for p in np.geomspace(self.first_eval_fraction * self.budget, self.budget, self.n_evals)]
+
+
+@dataclass
+class RunResult:
+    evals: list                # [{"step", "compute", "loss", "shape", ...}]
+    ledger: FlopLedger         # summed over ranks
+    steps: int
+    compute: int               # exact training FLOPs, summed over ranks
+    stopped: str               # "budget", "target", "max_steps"
+    seconds: float
+    summary: dict = field(default_factory=dict)
+
+
+def run_identity(task, schedule: ShapeSchedule, config: RunConfig) -> dict:
+    """What a run is (task, data, model, schedule, hyper-parameters, world size), as JSON:
+    a checkpoint or a finished sweep entry is reused only for the same identity."""
+    fields = {k: v for k, v in asdict(config).items() if k not in RunConfig._CONTROL}
+    fields["eval_points"] = config.points()
+    return json.loads(json.dumps({"task": task.describe(), "schedule": schedule.to_dict(), "config": fields,
+                                  "world_size": distributed.world_size()}))
+
+
+def _lr_at(config: RunConfig, step: int) -> float:
+    return config.lr * min(1.0, (step + 1) / max(config.warmup_steps, 1))
+
+
+def train_run(task, schedule: ShapeSchedule, config: RunConfig, out_dir, *, device="cpu",
+              resume: bool = True) -> RunResult:
+    """Train ``task``'s model on ``schedule`` until ``config.budget`` training FLOPs (or the
+    target loss / max_steps); see the module docstring for what is written where.
+
+    Under torchrun (torch.distributed initialized, or WORLD_SIZE > 1 in the environment)
+    the model is wrapped in DistributedDataParallel, every rank trains on its share of each
+    global batch, and the ledger is summed across ranks. ``resume`` continues from
+    ``out_dir/checkpoint.pt`` when it exists (it must come from the same run).
+    """
+    device = distributed.setup(torch.device(device))
+    rank, world = distributed.rank(), distributed.world_size()
+    os.makedirs(out_dir, exist_ok=True)
+    identity = run_identity(task, schedule, config)
+    model = task.build_model(config.seed).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98),
+                                  weight_decay=config.weight_decay)
+    ledger, flops = FlopLedger(), StepFlops(device)
+    state = {"step": 0, "compute": 0, "next_eval": 0, "evals": [], "stopped": None, "seconds": 0.0,
+             "flop_cache": []}
+    metrics = JsonLines(os.path.join(out_dir, "metrics.jsonl"))
+    eval_log = JsonLines(os.path.join(out_dir, "evals.jsonl"))
+    ckpt = checkpoint.load(out_dir, identity) if resume else None
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        ledger = FlopLedger.from_dict(ckpt["ledgers"][rank])
+        state = ckpt["run_state"]
+        flops.load(state["flop_cache"])
+        checkpoint.set_rng_state(ckpt["rng"][rank])
+    elif distributed.is_main():
+        for log in (metrics, eval_log):
+            log.truncate(lambda row: False)
+    if distributed.is_main():  # rows a crash wrote after the checkpoint are redone: drop them
+        metrics.truncate(lambda row: row["step"] <= state["step"])
+        eval_log.truncate(lambda row: row["step"] <= state["step"])
+    net = distributed.wrap(model, device)
+    points = config.points()
+
+    def save():
+        state["flop_cache"] = flops.dump()
+        checkpoint.save(out_dir, identity=identity, model=model, optimizer=optimizer, ledger=ledger,
+                        run_state=state)
+
+    bar = _progress(config, state["compute"], schedule) if distributed.is_main() else None
+    started = time.perf_counter() - state["seconds"]
+    last_saved = state["step"]
+    while state["stopped"] is None:
+        if state["compute"] >= config.budget:
+            state["stopped"] = "budget"
+            break
+        if config.max_steps is not None and state["step"] >= config.max_steps:
+            break  # a pause, not an end: the run can be resumed
+        step = state["step"]
+        shape = schedule.shape_at(state["compute"])
+        batch = task.train_batch(step, shape, rank, world, device)
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(config, step)
+        signature = (shape, tuple(task.signature(step, shape, r, world) for r in range(world)))
+        with flops.step(ledger, step, shape, signature, samples=batch.samples, tokens=batch.tokens,
+                        fresh=config.measure_every_step) as counter:
+            loss = task.loss(net, batch, shape)
+            counter.backward(loss)
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["compute"] += counter.global_flops
+        state["step"] = step + 1
+        if distributed.is_main() and (step % config.log_every == 0):
+            row = {"step": step + 1, "shape": shape, "compute": state["compute"], "loss": float(loss.detach()),
+                   "lr": _lr_at(config, step), "seconds": round(time.perf_counter() - started, 3)}
+            metrics.write(row)
+            if bar is not None:
+                bar.set_postfix(shape=shape, loss=f"{row['loss']:.3f}", refresh=False)
+        if bar is not None:
+            bar.update(min(state["compute"], config.budget) / 1e9 - bar.n)
+        crossed = False
+        while state["next_eval"] < len(points) and state["compute"] >= points[state["next_eval"]]:
+            state["next_eval"] += 1
+            crossed = True
+        if crossed:
+            eval_shape = config.eval_shape or shape
+            loss_eval = evaluate(task, model, eval_shape, ledger, len(state["evals"]), flops, device)
+            row = {"step": state["step"], "compute": state["compute"], "loss": loss_eval, "shape": eval_shape,
+                   "train_shape": shape, "seconds": round(time.perf_counter() - started, 3)}
+            state["evals"].append(row)
+            if distributed.is_main():
+                eval_log.write(row)
+            if config.stop_at_loss is not None and loss_eval <= config.stop_at_loss:
+                state["stopped"] = "target"
+        state["seconds"] = time.perf_counter() - started
+        if crossed or state["step"] - last_saved >= config.checkpoint_every:
+            save()
+            last_saved = state["step"]
+    if bar is not None:
+        bar.close()
+    state["seconds"] = time.perf_counter() - started
+    save()
+    total = ledger.sum_across_ranks()
+    result = RunResult(state["evals"], total, state["step"], state["compute"], state["stopped"] or "max_steps",
+                       state["seconds"])
+    if distributed.is_main():
+        total.save(os.path.join(out_dir, "ledger.json"))
+        result.summary = {"identity": identity, "steps": result.steps, "compute": result.compute,
+                          "stopped": result.stopped, "seconds": round(result.seconds, 3), "evals": result.evals,
+                          "flops_by_shape": total.by_shape(), "flops_by_phase": total.by_phase()}
+        if state["stopped"] is not None:
+            write_json(os.path.join(out_dir, "summary.json"), result.summary)
+    return result
+
+
+def _progress(config: RunConfig, done: float, schedule: ShapeSchedule):
+    if not config.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    desc = config.progress_desc or "+".join(dict.fromkeys(schedule.shapes))
+    # disable=None: no bar when stderr is not a terminal (CI logs, pipes)
+    return tqdm(total=config.budget / 1e9, initial=min(done, config.budget) / 1e9, unit="GFLOP", desc=desc,
+                dynamic_ncols=True, disable=None, leave=False,
+                bar_format="{l_bar}{bar}| {n:.3g}/{total:.3g} GFLOP [{elapsed}<{remaining}{postfix}]")

@@ -1,0 +1,247 @@
+"""adaptkern.train: deterministic data, resume == uninterrupted, the per-signature FLOP
+cache == FlopCounterMode on every step, compute-triggered shape switches, and the sweep
+surviving a crash."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from adaptkern.flops import FlopLedger
+from adaptkern.train import (ImageFolderData, LMTask, RunConfig, ShapeSchedule, SyntheticCopyText, SyntheticGlyphs,
+                             TextFileData, VisionTask, train_run)
+from adaptkern.train.sweep import run_sweep
+
+TINY_VIT = dict(dim=16, depth=1, num_heads=2, base_patch_size=4, pos_grid=(4, 4))
+TINY_LM = dict(dim=16, depth=1, num_heads=2)
+
+
+def vit_task(seed=0, batch_size=8):
+    return VisionTask(SyntheticGlyphs(seed=seed, image_size=16, num_eval=24), batch_size=batch_size,
+                      eval_batch_size=16, model=TINY_VIT)
+
+
+def lm_task(seed=0):
+    return LMTask(SyntheticCopyText(seed=seed, train_bytes=20000, eval_bytes=2000), tokens_per_batch=64,
+                  eval_tokens=96, eval_batch_tokens=64, model=TINY_LM)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: a second OpenMP thread only adds contention (many times slower on a
+    loaded 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def config(**kw):
+    base = dict(budget=10**15, n_evals=0, progress=False, warmup_steps=2, checkpoint_every=3, log_every=1)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+# -- data ------------------------------------------------------------------------------
+
+
+def test_synthetic_images_are_deterministic_sharded_and_fresh(seed):
+    data = SyntheticGlyphs(seed=seed)
+    x, y = data.train_batch(7, 12)
+    x2, y2 = SyntheticGlyphs(seed=seed).train_batch(7, 12)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert x.shape == (12, 3, 32, 32) and x.dtype == torch.float32 and y.min() >= 0 and y.max() < 10
+    assert not torch.equal(data.train_batch(8, 12)[0], x)
+    assert not torch.equal(SyntheticGlyphs(seed=seed + 1).train_batch(7, 12)[0], x)
+    shards = [data.train_batch(7, 12, rank=r, world_size=3) for r in range(3)]
+    assert torch.equal(torch.cat([s[0] for s in shards]), x) and torch.equal(torch.cat([s[1] for s in shards]), y)
+    ex, ey = data.eval_set()
+    assert torch.equal(ex, SyntheticGlyphs(seed=seed).eval_set()[0]) and len(ey) == data.num_eval
+    with pytest.raises(ValueError, match="batch_size"):
+        data.train_batch(0, 10, rank=0, world_size=3)
+
+
+def test_synthetic_text_is_deterministic_and_sharded(seed):
+    data = SyntheticCopyText(seed=seed, train_bytes=30000, eval_bytes=3000)
+    w = data.train_batch(3, 256, 32)
+    assert w.shape == (8, 33) and w.dtype == torch.int64
+    assert torch.equal(w, SyntheticCopyText(seed=seed, train_bytes=30000, eval_bytes=3000).train_batch(3, 256, 32))
+    assert torch.equal(torch.cat([data.train_batch(3, 256, 32, r, 2) for r in range(2)]), w)
+    assert not torch.equal(data.train_batch(4, 256, 32), w)
+    ev16, ev64 = data.eval_windows(16, 128), data.eval_windows(64, 128)
+    # every context scores the same held-out tokens
+    assert torch.equal(ev16[:, 1:].reshape(-1), ev64[:, 1:].reshape(-1))
+    assert set(bytes(data._train[:2000].tolist()).decode()) <= set("abcdefghijklmnopqrstuvwxyz .\n")
+
+
+def test_image_folder_and_text_file(tmp_path, seed):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for label in ("cat", "dog"):
+        os.makedirs(tmp_path / "imgs" / label)
+        for i in range(5):
+            size = tuple(int(s) for s in rng.integers(10, 40, 2))
+            pixels = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "imgs" / label / f"{i}.png")
+    data = ImageFolderData(tmp_path / "imgs", seed=seed, image_size=16)
+    assert data.classes == ["cat", "dog"] and data.num_classes == 2
+    x, y = data.train_batch(3, 4)
+    assert x.shape == (4, 3, 16, 16) and torch.equal(x, ImageFolderData(tmp_path / "imgs", seed=seed,
+                                                                        image_size=16).train_batch(3, 4)[0])
+    assert len(data.eval_set()[1]) == 2  # one image per class held out
+    with pytest.raises(ValueError, match="--images"):
+        ImageFolderData(tmp_path / "missing")
+    (tmp_path / "t.txt").write_bytes(bytes(rng.integers(0, 256, 5000, dtype=np.uint8)))
+    text = TextFileData(tmp_path / "t.txt", seed=seed)
+    assert text.train_batch(0, 64, 16).shape == (4, 17)
+
+
+# -- loop --------------------------------------------------------------------------------
+
+
+def _params(folder):
+    ckpt = torch.load(os.path.join(folder, "checkpoint.pt"), weights_only=False)
+    return ckpt["model"], ckpt["optimizer"]["state"]
+
+
+@pytest.mark.parametrize("make_task,shapes", [(vit_task, ["p8", "p4"]), (lm_task, ["ctx8", "ctx16"])])
+def test_resume_equals_uninterrupted(tmp_path, make_task, shapes, seed):
+    task = make_task(seed)
+    # switch shape in the middle so the resume crosses a switch and an eval
+    straight = train_run(task, ShapeSchedule.static(shapes[0]), config(max_steps=1, seed=seed), tmp_path / "probe")
+    boundary = straight.compute * 3  # after step 3 of 6
+    schedule = ShapeSchedule(((shapes[0], boundary), (shapes[1], float("inf"))))
+    cfg = dict(seed=seed, eval_points=(boundary / 2, boundary * 1.5, boundary * 20))
+    full = train_run(task, schedule, config(max_steps=6, **cfg), tmp_path / "full")
+    half = train_run(task, schedule, config(max_steps=3, **cfg), tmp_path / "resumed")
+    assert half.steps == 3 and half.stopped == "max_steps"
+    resumed = train_run(task, schedule, config(max_steps=6, **cfg), tmp_path / "resumed")
+    assert resumed.steps == full.steps == 6
+    assert resumed.ledger == full.ledger and resumed.ledger.shapes == shapes
+    assert [(e["step"], e["compute"], e["loss"]) for e in resumed.evals] == \
+           [(e["step"], e["compute"], e["loss"]) for e in full.evals]
+    (m1, o1), (m2, o2) = _params(tmp_path / "full"), _params(tmp_path / "resumed")
+    for key in m1:
+        assert torch.equal(m1[key], m2[key]), key
+    for key in o1:
+        assert all(torch.equal(o1[key][s], o2[key][s]) for s in o1[key])
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in lines] == list(range(1, 7))  # no duplicated or lost rows
+    with pytest.raises(ValueError, match="different run"):
+        train_run(task, schedule, config(max_steps=6, seed=seed + 1), tmp_path / "resumed")
+
+
+@pytest.mark.parametrize("make_task,shapes", [(vit_task, ["p8", "p4", "p2"]), (lm_task, ["ctx4", "ctx16", "ctx64"])])
+def test_flop_cache_equals_flopcountermode_every_step(tmp_path, make_task, shapes, seed):
+    """The loop counts each FLOP signature once and reuses it; a run measuring every step
+    under FlopCounterMode books the identical ledger, and an independent FlopCounterMode
+    count of one step of each shape equals the ledger's per-step FLOPs."""
+    task = make_task(seed)
+    probe = train_run(task, ShapeSchedule.static(shapes[0]), config(max_steps=1), tmp_path / "probe").compute
+    # two steps of the first shape, then two or three of the second (each costs 2-4x more), then the third
+    schedule = ShapeSchedule(((shapes[0], 2 * probe), (shapes[1], 6 * probe), (shapes[2], float("inf"))))
+    cached = train_run(task, schedule, config(max_steps=7, seed=seed), tmp_path / "cached")
+    fresh = train_run(task, schedule, config(max_steps=7, seed=seed, measure_every_step=True), tmp_path / "fresh")
+    assert cached.ledger == fresh.ledger and set(cached.ledger.shapes) == set(shapes)
+    model = task.build_model(seed)
+    for shape in shapes:
+        batch = task.train_batch(123, shape, 0, 1, "cpu")
+        with FlopCounterMode(display=False) as counter:
+            task.loss(model, batch, shape).backward()
+        steps = cached.ledger.counts(shape)["steps"]
+        assert counter.get_total_flops() * steps == cached.ledger.total(shape=shape)
+        assert counter.get_total_flops() > 0
+
+
+def test_compute_triggered_switch_and_eval_points(tmp_path, seed):
+    task = vit_task(seed)
+    per_step = train_run(task, ShapeSchedule.static("p8"), config(max_steps=1), tmp_path / "probe").compute
+    boundary = 2.5 * per_step
+    points = (0.5 * per_step, 4 * per_step, 4.2 * per_step)
+    run = train_run(task, ShapeSchedule(((("p8"), boundary), ("p4", float("inf")))),
+                    config(max_steps=5, eval_points=points), tmp_path / "run")
+    assert run.ledger.counts("p8")["steps"] == 3  # steps start at compute 0, 1, 2 per_step < 2.5
+    assert run.ledger.counts("p4")["steps"] == 2
+    assert run.compute == run.ledger.total(phase=["forward", "backward", "optimizer"])
+    assert [e["step"] for e in run.evals] == [1, 4]  # two points crossed by one step: one eval
+    assert [e["shape"] for e in run.evals] == ["p8", "p4"]
+    assert run.ledger.counts(kind="eval")["steps"] == 2 and run.ledger.total(phase="eval") > 0
+
+
+def test_budget_and_target_stop(tmp_path, seed):
+    task = vit_task(seed)
+    per_step = train_run(task, ShapeSchedule.static("p8"), config(max_steps=1), tmp_path / "probe").compute
+    run = train_run(task, ShapeSchedule.static("p8"), config(budget=int(3.5 * per_step)), tmp_path / "budget")
+    assert run.stopped == "budget" and run.steps == 4 and run.compute == 4 * per_step
+    assert (tmp_path / "budget" / "summary.json").exists() and (tmp_path / "budget" / "ledger.json").exists()
+    assert FlopLedger.load(tmp_path / "budget" / "ledger.json") == run.ledger
+    stop = train_run(task, ShapeSchedule.static("p8"), config(budget=10**15, eval_points=(per_step,),
+                                                              stop_at_loss=1e9), tmp_path / "target")
+    assert stop.stopped == "target" and stop.steps == 1
+
+
+# -- sweep ---------------------------------------------------------------------------------
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashingTask:
+    """A task that raises in the middle of one shape's run (a crash), and counts steps."""
+
+    def __init__(self, task, crash_shape=None, crash_step=None):
+        self._task, self.crash_shape, self.crash_step, self.steps = task, crash_shape, crash_step, []
+
+    def __getattr__(self, name):
+        return getattr(self._task, name)
+
+    def train_batch(self, step, shape, *args):
+        if shape == self.crash_shape and step == self.crash_step:
+            raise _Crash(f"crash in {shape} at step {step}")
+        self.steps.append((shape, step))
+        return self._task.train_batch(step, shape, *args)
+
+
+def test_sweep_survives_a_crash_without_redoing_or_losing_runs(tmp_path, seed):
+    shapes = ["p8", "p4"]
+    per_step = train_run(vit_task(seed), ShapeSchedule.static("p4"), config(max_steps=1), tmp_path / "probe").compute
+    cfg = config(budget=int(5.5 * per_step), n_evals=3, first_eval_fraction=0.2, checkpoint_every=2, seed=seed)
+    reference = run_sweep(vit_task(seed), shapes, cfg, tmp_path / "clean")
+
+    crashing = _CrashingTask(vit_task(seed), crash_shape="p4", crash_step=3)
+    with pytest.raises(_Crash):
+        run_sweep(crashing, shapes, cfg, tmp_path / "crashy")
+    first = tmp_path / "crashy" / "p8.json"
+    assert first.exists() and not (tmp_path / "crashy" / "p4.json").exists()
+    stamp, content = first.stat().st_mtime_ns, first.read_bytes()
+    saved = torch.load(tmp_path / "crashy" / "p4" / "checkpoint.pt", weights_only=False)["run_state"]["step"]
+    assert 0 < saved <= 3
+
+    again = _CrashingTask(vit_task(seed))
+    records = run_sweep(again, shapes, cfg, tmp_path / "crashy")
+    assert first.stat().st_mtime_ns == stamp and first.read_bytes() == content  # not redone, not rewritten
+    assert all(shape == "p4" for shape, _ in again.steps)  # p8 not retrained
+    assert min(step for _, step in again.steps) == saved  # p4 resumed from its checkpoint, not from 0
+    for shape in shapes:
+        got, want = records[shape], reference[shape]
+        assert [(e["compute"], e["loss"]) for e in got["evals"]] == [(e["compute"], e["loss"]) for e in want["evals"]]
+        assert got["ledger"] == want["ledger"] and got["steps"] == want["steps"]
+
+
+def test_resolution_is_part_of_the_shape(tmp_path, seed):
+    task = vit_task(seed)
+    assert task.short_name("p4@16") == "p4" and task.short_name("4@8") == "p4@8"
+    with pytest.raises(ValueError, match="divide"):
+        task.shape("p3")
+    per_step = train_run(task, ShapeSchedule.static("p4@8"), config(max_steps=1), tmp_path / "probe").compute
+    run = train_run(task, ShapeSchedule(((task.short_name("p4@8"), 1.5 * per_step), ("p4", float("inf")))),
+                    config(max_steps=4), tmp_path / "run")
+    low, full = run.ledger.counts("p4@8"), run.ledger.counts("p4")
+    assert low["steps"] == 2 and full["steps"] == 2
+    assert low["tokens"] == 2 * 8 * 4 and full["tokens"] == 2 * 8 * 16  # 2x2 vs 4x4 patch grids
+    assert run.ledger.total(shape="p4") > 3 * run.ledger.total(shape="p4@8")

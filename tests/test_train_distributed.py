@@ -1,0 +1,75 @@
+"""The training loop under DistributedDataParallel: 2 CPU processes (gloo) training on
+rank shards of each global batch end with the parameters, eval losses and summed FLOP
+ledger of one process training on the whole batch."""
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from adaptkern.flops import FlopLedger
+from adaptkern.train import RunConfig, ShapeSchedule, SyntheticGlyphs, VisionTask, train_run
+
+# base patch 4 = the trained patch: no PI-resize matmul, which every rank would count once
+# per call (a real per-process cost, but it would break the equality checked here).
+MODEL = dict(dim=16, depth=1, num_heads=2, base_patch_size=4, pos_grid=(4, 4))
+
+
+def _task(seed):
+    return VisionTask(SyntheticGlyphs(seed=seed, image_size=16, num_eval=24), batch_size=8, eval_batch_size=16,
+                      model=MODEL)
+
+
+def _config(seed, eval_points):
+    return RunConfig(budget=10**15, seed=seed, max_steps=4, eval_points=eval_points, warmup_steps=2,
+                     progress=False)
+
+
+def _worker(rank, world_size, init_file, out, seed, eval_points):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=120))
+    try:
+        result = train_run(_task(seed), ShapeSchedule.static("p4"), _config(seed, eval_points), out)
+        if rank == 0:
+            torch.save({"evals": result.evals, "ledger": result.ledger.to_dict(), "compute": result.compute},
+                       os.path.join(out, "result.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_gloo_processes_match_one_process(tmp_path, seed):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        probe = train_run(_task(seed), ShapeSchedule.static("p4"), RunConfig(budget=1, n_evals=0, progress=False),
+                          tmp_path / "probe")
+        eval_points = (1, int(2.5 * probe.compute))  # after steps 1 and 3
+        single = train_run(_task(seed), ShapeSchedule.static("p4"), _config(seed, eval_points), tmp_path / "single")
+    finally:
+        torch.set_num_threads(threads)
+    os.environ.pop("WORLD_SIZE", None)
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "ddp"), seed, eval_points), nprocs=2,
+             join=True)
+    ddp = torch.load(tmp_path / "ddp" / "result.pt", weights_only=False)
+    summed = FlopLedger.from_dict(ddp["ledger"])
+    # each rank counted its own 4 images; their exact sum is the 8-image single-process count
+    assert summed == single.ledger
+    assert ddp["compute"] == single.compute == single.ledger.total(phase=["forward", "backward"])
+    assert summed.counts("p4") == {"steps": 4, "samples": 32, "tokens": 32 * 16}
+    assert [e["step"] for e in ddp["evals"]] == [e["step"] for e in single.evals] == [1, 3]
+    for got, want in zip(ddp["evals"], single.evals):
+        assert abs(got["loss"] - want["loss"]) <= 1e-5 * abs(want["loss"])
+    # DDP averages the two half-batch gradients = the full-batch gradient: same parameters
+    p_ddp = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)["model"]
+    p_single = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=False)["model"]
+    dim = MODEL["dim"]
+    for key in p_single:
+        a, b = p_ddp[key], p_single[key]
+        if key.endswith("attn.qkv.bias"):
+            # The key bias cancels in the softmax: its gradient is rounding noise that Adam
+            # blows up to +-lr steps of either sign. Compare the query and value biases.
+            a, b = torch.cat([a[:dim], a[2 * dim:]]), torch.cat([b[:dim], b[2 * dim:]])
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=key)
