@@ -19,5 +19,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+bench: $(STAMP)
+	$(VENV)/bin/adaptkern bench --quick
+
+# On the lent GPU machine (no network, torch + triton preinstalled): no venv, no $(STAMP).
+gpu-check:
+	bash benchmarks/gpu_check.sh
+
 clean:
 	rm -rf build *.egg-info adaptkern/_C*.so .pytest_cache

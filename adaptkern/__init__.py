@@ -10,15 +10,34 @@ from ._backend import BACKENDS, available_backends
 from ._checks import DTypeError, set_validation
 from ._ext import cuda_extension_built
 from .ops.pack import Packed, cu_seqlens_from_lengths, pack, unpack
+from .ops.patch_embed import PackedPatches, flexi_patch_embed, flexi_patch_embed_packed, pi_resize, pi_resize_matrix
+from .ops.interp_pos_embed import add_interp_pos_embed, interp_pos_embed
+from .ops.varlen_attention import flash_attn_varlen_func, varlen_attention
+from . import flops, models, nn, scaling, schedule, train
 
 __all__ = [
     "BACKENDS",
     "DTypeError",
     "Packed",
+    "PackedPatches",
+    "add_interp_pos_embed",
     "available_backends",
     "cu_seqlens_from_lengths",
     "cuda_extension_built",
+    "flash_attn_varlen_func",
+    "flexi_patch_embed",
+    "flexi_patch_embed_packed",
+    "flops",
+    "interp_pos_embed",
+    "models",
+    "nn",
     "pack",
+    "pi_resize",
+    "pi_resize_matrix",
+    "scaling",
+    "schedule",
     "set_validation",
+    "train",
     "unpack",
+    "varlen_attention",
 ]

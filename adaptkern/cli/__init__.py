@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `adaptkern --help` lists them.
-SUBCOMMANDS = ["info"]
+SUBCOMMANDS = ["info", "fit", "demo", "train", "flops", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,9 +17,9 @@ steps, samples and tokens each shape saw. The ledger is pure accounting: it runs
 
 import json
 import numbers
-import os
-import tempfile
 from dataclasses import dataclass
+
+from .._io import atomic_write
 
 _LEDGER = "adaptkern.flops.FlopLedger"
 _FORMAT = "adaptkern.flops.FlopLedger"
@@ -281,20 +281,7 @@ class FlopLedger:
         """Write the ledger to ``path`` as JSON, atomically: readers (and a crash) see the
         old file or the new one, never a partial write. Under torch.distributed, save the
         result of ``sum_across_ranks`` from one rank."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        return atomic_write(path, lambda f: json.dump(self.to_dict(), f, indent=1), text=True)
 
     @classmethod
     def load(cls, path, *, missing_ok=False):

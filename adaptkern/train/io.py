@@ -5,29 +5,8 @@ JSON-lines logs that a resumed run truncates back to its checkpoint."""
 import json
 import math
 import os
-import tempfile
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def _atomic(path, write):
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+from .._io import atomic_write
 
 
 def jsonable(value):
@@ -46,7 +25,7 @@ def jsonable(value):
 
 def write_json(path, data) -> str:
     """Write ``data`` (through ``jsonable``) as indented JSON to ``path`` atomically."""
-    return _atomic(path, lambda f: f.write((json.dumps(jsonable(data), indent=1) + "\n").encode()))
+    return atomic_write(path, lambda f: f.write((json.dumps(jsonable(data), indent=1) + "\n").encode()))
 
 
 def read_json(path):
@@ -58,7 +37,7 @@ def torch_save(path, obj) -> str:
     """``torch.save`` to ``path`` atomically."""
     import torch
 
-    return _atomic(path, lambda f: torch.save(obj, f))
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 class JsonLines:
@@ -90,4 +69,4 @@ class JsonLines:
         """Keep only the rows for which ``keep(row)`` holds (a resumed run drops what it
         will redo after its checkpoint), rewriting the file atomically."""
         rows = [r for r in self.read() if keep(r)]
-        _atomic(self.path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
+        atomic_write(self.path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))

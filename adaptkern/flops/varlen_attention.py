@@ -1,0 +1,93 @@
+"""Exact FLOPs of variable-length attention, from cu_seqlens and the mask.
+
+Only the (query, key) pairs the mask allows are counted. Per allowed pair and query head
+the forward does two multiply-adds per head-dim element (q.k in QK^T, p*v in PV):
+4 * D FLOPs. The backward counts 2.5x the forward: five matmuls of that size (QK^T
+recomputed, dV, dP, dQ, dK) against the forward's two, the convention flash-attention's
+benchmarks (benchmarks/benchmark_flash_attention.py) use for TFLOP/s.
+"""
+
+import numbers
+
+import numpy as np
+import torch
+
+_OP = "adaptkern.flops.attention_flops"
+
+
+def _lengths(name, cu_seqlens) -> np.ndarray:
+    if isinstance(cu_seqlens, torch.Tensor):
+        if cu_seqlens.dim() != 1 or cu_seqlens.dtype.is_floating_point or cu_seqlens.dtype.is_complex:
+            raise ValueError(f"{_OP}: {name} must be a 1-D integer tensor, got {cu_seqlens.dtype} "
+                             f"of shape {tuple(cu_seqlens.shape)}")
+        values = cu_seqlens.detach().to("cpu", torch.int64).numpy()
+    else:
+        values = np.asarray(list(cu_seqlens), dtype=np.int64)
+    if values.ndim != 1 or values.size < 1:
+        raise ValueError(f"{_OP}: {name} must hold at least one entry (0)")
+    if values[0] != 0:
+        raise ValueError(f"{_OP}: {name}[0] must be 0, got {values[0]}")
+    lengths = np.diff(values)
+    if (lengths < 0).any():
+        raise ValueError(f"{_OP}: {name} must be non-decreasing")
+    return lengths
+
+
+def _window(causal, window_size):
+    if not isinstance(window_size, (tuple, list)) or len(window_size) != 2:
+        raise ValueError(f"{_OP}: window_size must be a pair (left, right), got {window_size!r}")
+    left, right = window_size
+    for side, value in (("left", left), ("right", right)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < -1:
+            raise ValueError(f"{_OP}: window_size {side} must be an int >= -1 (-1 = unbounded), got {value!r}")
+    return int(left), (0 if causal else int(right))
+
+
+def allowed_pairs(lengths_q, lengths_k, *, causal=False, window_size=(-1, -1)) -> int:
+    """Number of (query, key) pairs the mask allows, summed over sequences.
+
+    ``lengths_q`` / ``lengths_k``: per-sequence lengths (equal counts). Vectorized over query
+    rows: row i of a sequence sees keys [max(0, i+diag-left), min(Lk-1, i+diag+right)],
+    diag = Lk - Lq; O(total_q) time and memory, no (Lq, Lk) mask.
+    """
+    lengths_q = np.asarray(lengths_q, dtype=np.int64)
+    lengths_k = np.asarray(lengths_k, dtype=np.int64)
+    if lengths_q.shape != lengths_k.shape:
+        raise ValueError(f"{_OP}: cu_seqlens_q and cu_seqlens_k describe {lengths_q.size} and "
+                         f"{lengths_k.size} sequences; they must describe the same batch")
+    left, right = _window(causal, window_size)
+    if left < 0 and right < 0:
+        return int(np.dot(lengths_q, lengths_k))
+    seq = np.repeat(np.arange(lengths_q.size), lengths_q)
+    starts = np.cumsum(lengths_q) - lengths_q
+    row = np.arange(seq.size, dtype=np.int64) - starts[seq]
+    len_k = lengths_k[seq]
+    centre = row + len_k - lengths_q[seq]  # the key on this row's diagonal
+    first = np.maximum(0, centre - left) if left >= 0 else np.zeros_like(centre)
+    last = np.minimum(len_k - 1, centre + right) if right >= 0 else len_k - 1
+    return int(np.clip(last - first + 1, 0, None).sum())
+
+
+def attention_flops(cu_seqlens_q, cu_seqlens_k, num_heads, head_dim, *, causal=False, window_size=(-1, -1)) -> int:
+    """Forward FLOPs of variable-length attention: 4 * num_heads * head_dim per allowed pair.
+
+    Args:
+        cu_seqlens_q, cu_seqlens_k: (S+1,) cumulative lengths (int tensor or list of ints).
+        num_heads: query heads Hq (GQA shares kv heads; the work is per query head).
+        head_dim: D.
+        causal, window_size: the mask, as ``ak.varlen_attention`` takes it.
+    """
+    for name, value in (("num_heads", num_heads), ("head_dim", head_dim)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"{_OP}: {name} must be an int >= 0, got {value!r}")
+    pairs = allowed_pairs(_lengths("cu_seqlens_q", cu_seqlens_q), _lengths("cu_seqlens_k", cu_seqlens_k),
+                          causal=causal, window_size=window_size)
+    return 4 * int(num_heads) * int(head_dim) * pairs
+
+
+def attention_backward_flops(cu_seqlens_q, cu_seqlens_k, num_heads, head_dim, *, causal=False,
+                             window_size=(-1, -1)) -> int:
+    """Backward FLOPs: 2.5x :func:`attention_flops` (exact: the forward count is a multiple of 4)."""
+    forward = attention_flops(cu_seqlens_q, cu_seqlens_k, num_heads, head_dim, causal=causal,
+                              window_size=window_size)
+    return forward * 5 // 2

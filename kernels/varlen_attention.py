@@ -1,0 +1,276 @@
+"""Variable-length flash attention, forward (FlashAttention-2 style online softmax).
+
+One program per (query block, query head, sequence) of the packed batch; no padding of
+sequences. Scores live in log2 units (log2(e) folded into the scale) so the softmax uses
+exp2. Key blocks that the causal / window mask excludes entirely are never visited, and
+blocks that it allows entirely skip the mask.
+
+Mask, in one form for both passes: index ``o`` of the other side is visible from index
+``s`` of this side iff ``s + diag - lower <= o <= s + diag + upper`` (HAS_LOWER /
+HAS_UPPER off = unbounded) and ``o < len_other``. Forward / dQ: s = query, o = key,
+diag = Lk - Lq, (lower, upper) = (left, right). dK/dV: s = key, o = query,
+diag = Lq - Lk, (lower, upper) = (right, left).
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from ._utils import INTERPRET, dot
+
+LOG2E = 1.4426950408889634
+# Kernels may read module globals only as constexprs.
+LOG2E_C = tl.constexpr(LOG2E)
+LN2_C = tl.constexpr(0.6931471805599453)
+MAX_PROGRAMS = 2**31 - 1
+
+if INTERPRET:
+    # The interpreter truncates float32 -> bfloat16 where the GPU rounds to nearest even; the
+    # bias would pile up in every bf16 matmul operand and output, so round here as the GPU does.
+    @triton.jit
+    def to_dtype(x, dtype: tl.constexpr):
+        if dtype == tl.bfloat16:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            x = bits.to(tl.float32, bitcast=True)
+        return x.to(dtype)
+
+else:
+
+    @triton.jit
+    def to_dtype(x, dtype: tl.constexpr):
+        """float32 ``x`` in ``dtype`` (round to nearest even)."""
+        return x.to(dtype)
+
+
+@triton.jit
+def visible_range(start, BLOCK_SELF: tl.constexpr, diag, lower, upper, HAS_LOWER: tl.constexpr,
+                  HAS_UPPER: tl.constexpr, len_other, BLOCK_OTHER: tl.constexpr):
+    """Which blocks of the other side to visit for this side's rows [start, start + BLOCK_SELF).
+
+    The positions any row may see are [lo, hi); inside them the block-aligned
+    [full_lo, full_hi) is seen whole by every row (no mask needed). Returns
+    (full_lo, n_full, lo, n_before, full_hi, n_masked): n_full unmasked blocks from full_lo,
+    and n_masked masked ones, the first n_before from lo and the rest from full_hi (see
+    :func:`block_start`), so every block of [lo, hi) is visited once."""
+    last = start + BLOCK_SELF - 1
+    lo = start * 0
+    full_lo = start * 0
+    hi = len_other
+    full_hi = len_other
+    if HAS_LOWER:
+        # Clamp before dividing: integer division must not see negative operands.
+        lo = tl.maximum(start + diag - lower, 0)
+        full_lo = tl.maximum(last + diag - lower, 0)
+    if HAS_UPPER:
+        hi = tl.minimum(tl.maximum(last + diag + upper + 1, 0), len_other)
+        full_hi = tl.minimum(tl.maximum(start + diag + upper + 1, 0), len_other)
+    lo = lo // BLOCK_OTHER * BLOCK_OTHER
+    full_lo = tl.minimum((full_lo + BLOCK_OTHER - 1) // BLOCK_OTHER * BLOCK_OTHER, hi)
+    full_lo = tl.maximum(full_lo, lo)
+    full_hi = tl.maximum(tl.minimum(full_hi // BLOCK_OTHER * BLOCK_OTHER, hi), full_lo)
+    n_before = tl.cdiv(full_lo - lo, BLOCK_OTHER)
+    n_masked = n_before + tl.cdiv(hi - full_hi, BLOCK_OTHER)
+    return full_lo, (full_hi - full_lo) // BLOCK_OTHER, lo, n_before, full_hi, n_masked
+
+
+@triton.jit
+def block_start(i, first, first_count, second, BLOCK: tl.constexpr):
+    """Start of the i-th block of two runs: ``first_count`` blocks from ``first``, then
+    blocks from ``second``. One loop then serves both masked runs (half the code of two)."""
+    return tl.where(i < first_count, first + i * BLOCK, second + (i - first_count) * BLOCK)
+
+
+@triton.jit
+def visible(offs_self, offs_other, diag, lower, upper, HAS_LOWER: tl.constexpr, HAS_UPPER: tl.constexpr,
+            len_other):
+    """bool (len(offs_self), len(offs_other)): which pairs the mask allows."""
+    rel = offs_other[None, :] - offs_self[:, None] - diag
+    ok = (offs_other < len_other)[None, :]
+    if HAS_LOWER:
+        ok = ok & (rel >= -lower)
+    if HAS_UPPER:
+        ok = ok & (rel <= upper)
+    return ok
+
+
+@triton.jit
+def program_tile(cu_seqlens_q, cu_seqlens_k, num_heads, num_blocks):
+    """(head, block, q_start, len_q, k_start, len_k) of this program on the flat grid axis
+    (up to 2**31 programs): heads vary fastest, so the query heads sharing a kv head run side
+    by side and reuse its K/V from L2; then blocks, then sequences."""
+    pid = tl.program_id(0)
+    seq = pid // num_heads // num_blocks
+    q_start = tl.load(cu_seqlens_q + seq)
+    k_start = tl.load(cu_seqlens_k + seq)
+    len_q = tl.load(cu_seqlens_q + seq + 1) - q_start
+    len_k = tl.load(cu_seqlens_k + seq + 1) - k_start
+    return pid % num_heads, (pid // num_heads) % num_blocks, q_start, len_q, k_start, len_k
+
+
+@triton.jit
+def row_tile(start, seq_start, length, head_dim, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A tile of rows [start, start + BLOCK) of a sequence that begins at packed row
+    ``seq_start``: (offsets in the sequence, offs_d, d_ok, (BLOCK, BLOCK_D) mask, packed rows int64)."""
+    offs = start + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < head_dim
+    return offs, offs_d, d_ok, (offs < length)[:, None] & d_ok[None, :], (seq_start + offs).to(tl.int64)
+
+
+@triton.jit
+def load_rows(base, rows, stride_t, offs_d, mask):
+    """(len(rows), BLOCK_D) tile of rows ``rows`` (int64) of one head; zeros where masked."""
+    return tl.load(base + rows[:, None] * stride_t + offs_d[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def store_rows(base, rows, stride_t, offs_d, value, mask):
+    """Store a float32 (len(rows), BLOCK_D) tile into rows ``rows`` of one head, in the buffer's dtype."""
+    tl.store(base + rows[:, None] * stride_t + offs_d[None, :], to_dtype(value, base.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def query_block(Q, K, V, head, group, m_start, q_start, len_q, k_start, stride_qt, stride_qh, stride_kt, stride_kh,
+                stride_vt, stride_vh, head_dim, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """What the forward and dQ kernels share for query rows [m_start, m_start + BLOCK_M) of
+    one head: (head as int64, the :func:`row_tile` of the rows, the q tile, and the bases of
+    this sequence's K and V rows in the head's kv head)."""
+    head = head.to(tl.int64)
+    kv_head = head // group
+    offs_m, offs_d, d_ok, row_ok, rows = row_tile(m_start, q_start, len_q, head_dim, BLOCK_M, BLOCK_D)
+    q = load_rows(Q + head * stride_qh, rows, stride_qt, offs_d, row_ok)
+    k_base = K + k_start.to(tl.int64) * stride_kt + kv_head * stride_kh
+    v_base = V + k_start.to(tl.int64) * stride_vt + kv_head * stride_vh
+    return head, offs_m, offs_d, d_ok, row_ok, rows, q, k_base, v_base
+
+
+@triton.jit
+def _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, d_ok, first, first_count,
+                second, count, diag, len_k, qk_scale, window_left, window_right, HAS_LEFT: tl.constexpr,
+                HAS_RIGHT: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr):
+    """Fold ``count`` key blocks (see :func:`block_start`) into the running (acc, l_i, m_i)
+    of the online softmax."""
+    for i in tl.range(0, count, num_stages=NUM_STAGES):
+        offs_n = block_start(i, first, first_count, second, BLOCK_N) + tl.arange(0, BLOCK_N)
+        key_ok = d_ok[:, None] & (offs_n < len_k)[None, :]
+        k_t = tl.load(k_base + offs_n[None, :].to(tl.int64) * stride_kt + offs_d[:, None], mask=key_ok, other=0.0)
+        s = dot(q, k_t, tl.zeros((q.shape[0], BLOCK_N), dtype=tl.float32)) * qk_scale
+        if MASKED:
+            s = tl.where(visible(offs_m, offs_n, diag, window_left, window_right, HAS_LEFT, HAS_RIGHT, len_k),
+                         s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # A row that has seen no key yet keeps max -inf; shift it by 0 so exp2 gives 0, not NaN.
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_shift[:, None])
+        alpha = tl.math.exp2(m_i - m_shift)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vt + offs_d[None, :],
+                    mask=tl.trans(key_ok), other=0.0)
+        acc = dot(to_dtype(p, v.dtype), v, acc * alpha[:, None])
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_kernel(
+    Q, K, V, Out, Lse, cu_seqlens_q, cu_seqlens_k,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lse_h,
+    num_heads, group, num_m_blocks, head_dim, qk_scale, window_left, window_right,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr,
+):
+    head, m_block, q_start, len_q, k_start, len_k = program_tile(cu_seqlens_q, cu_seqlens_k, num_heads, num_m_blocks)
+    m_start = m_block * BLOCK_M
+    if m_start >= len_q:
+        return
+    diag = len_k - len_q
+    head, offs_m, offs_d, d_ok, row_ok, rows, q, k_base, v_base = query_block(
+        Q, K, V, head, group, m_start, q_start, len_q, k_start, stride_qt, stride_qh, stride_kt, stride_kh,
+        stride_vt, stride_vh, head_dim, BLOCK_M, BLOCK_D)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    full_lo, n_full, lo, n_before, full_hi, n_masked = visible_range(
+        m_start, BLOCK_M, diag, window_left, window_right, HAS_LEFT, HAS_RIGHT, len_k, BLOCK_N)
+    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, d_ok,
+                                full_lo, n_full, full_lo, n_full, diag, len_k, qk_scale, window_left, window_right,
+                                HAS_LEFT, HAS_RIGHT, False, BLOCK_N, NUM_STAGES)
+    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, d_ok,
+                                lo, n_before, full_hi, n_masked, diag, len_k, qk_scale, window_left, window_right,
+                                HAS_LEFT, HAS_RIGHT, True, BLOCK_N, NUM_STAGES)
+
+    seen = l_i > 0.0
+    l_safe = tl.where(seen, l_i, 1.0)
+    out = acc / l_safe[:, None]  # rows that saw no key have acc = 0
+    lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * LN2_C, float("-inf"))
+    store_rows(Out + head * stride_oh, rows, stride_ot, offs_d, out, row_ok)
+    tl.store(Lse + head * stride_lse_h + rows, lse, mask=offs_m < len_q)
+
+
+def head_block(head_dim: int) -> int:
+    """Power-of-two D tile (>= 16, the smallest tl.dot K dimension); masks cover the rest."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def fwd_config(head_dim: int, dtype: torch.dtype, *, interpret: bool = INTERPRET) -> dict:
+    """Tiles of the forward: BLOCK_M queries x BLOCK_N keys, NUM_STAGES-deep K/V pipeline.
+
+    Small under the interpreter, so tests cover many blocks cheaply. fp16/bf16 run on
+    tensor cores; float32 stays IEEE (FMA, no tensor cores), where smaller tiles keep the
+    unrolled code and its compile time in check. All fit sm_80 shared memory (163 KiB).
+    """
+    if interpret:
+        return dict(BLOCK_M=16, BLOCK_N=16, NUM_STAGES=1, num_warps=4)
+    if dtype == torch.float32:
+        return dict(BLOCK_M=32, BLOCK_N=32, NUM_STAGES=2 if head_dim <= 128 else 1, num_warps=4)
+    if head_dim <= 64:
+        return dict(BLOCK_M=128, BLOCK_N=64, NUM_STAGES=3, num_warps=4)
+    if head_dim <= 128:
+        return dict(BLOCK_M=128, BLOCK_N=64, NUM_STAGES=2, num_warps=8)
+    return dict(BLOCK_M=64, BLOCK_N=32, NUM_STAGES=2, num_warps=4)
+
+
+def check_grid(programs: int, what: str):
+    if programs > MAX_PROGRAMS:
+        raise ValueError(f"adaptkern.varlen_attention: {what} needs {programs} programs, more than one launch "
+                         f"allows ({MAX_PROGRAMS}); split the batch")
+
+
+def last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, window_left,
+            window_right, *, config=None):
+    """Launch the forward kernel.
+
+    Args:
+        q: (total_q, Hq, D); k, v: (total_k, Hkv, D); fp16 / bf16 / fp32, any strides
+            (copied once only if the last dim is not contiguous).
+        cu_seqlens_q, cu_seqlens_k: int32 (S+1,), already validated.
+        window_left, window_right: mask bounds with causal folded in (-1 = unbounded).
+        config: override of :func:`fwd_config` (tests use it to run the GPU tile sizes).
+
+    Returns out (total_q, Hq, D) in q's dtype and lse (Hq, total_q) float32.
+    """
+    q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
+    total_q, num_heads, head_dim = q.shape
+    out = q.new_empty(q.shape)
+    lse = torch.empty((num_heads, total_q), dtype=torch.float32, device=q.device)
+    batch = cu_seqlens_q.numel() - 1
+    if total_q == 0 or batch == 0 or max_seqlen_q == 0:
+        return out, lse
+    cfg = dict(config or fwd_config(head_dim, q.dtype))
+    num_m_blocks = triton.cdiv(max_seqlen_q, cfg["BLOCK_M"])
+    programs = batch * num_heads * num_m_blocks
+    check_grid(programs, "the forward")
+    _fwd_kernel[(programs,)](
+        q, k, v, out, lse, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(),
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
+        lse.stride(0), num_heads, num_heads // k.shape[1], num_m_blocks, head_dim, softmax_scale * LOG2E,
+        window_left, window_right, HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0,
+        BLOCK_D=head_block(head_dim), **cfg,
+    )
+    return out, lse

@@ -1,0 +1,240 @@
+"""Triton varlen attention (forward, lse, dq/dk/dv) against the float64 reference, under
+the interpreter on CPU: per-dtype bounds and flash-attn's "at most 2x PyTorch's own error
+in the same dtype" criterion; a hypothesis fuzz of lengths and flags; GPU codegen checks."""
+
+import inspect
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+import triton.language as tl
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import adaptkern as ak
+from adaptkern import _backend
+from adaptkern.kernels import varlen_attention as fwd_kernels
+from adaptkern.kernels import varlen_attention_bwd as bwd_kernels
+from adaptkern.reference.varlen_attention import varlen_attention_backward, varlen_attention_forward
+
+from helpers import assert_as_accurate_as_torch, assert_rel_close, compile_for_gpu
+from test_varlen_attention import MASKS, make_batch, random_lengths
+
+pytestmark = pytest.mark.interpret
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _run(backend, q, k, v, cu_q, cu_k, max_q, max_k, dout, dlse, **mask):
+    """out, lse and (dq, dk, dv) of sum(out * dout) [+ sum(finite lse * dlse) unless dlse is None]."""
+    q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
+    out, lse = ak.varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, return_lse=True, backend=backend, **mask)
+    loss = (out * dout).sum()
+    if dlse is not None:
+        loss = loss + (torch.where(torch.isfinite(lse), lse, 0) * dlse).sum()
+    return out, lse, torch.autograd.grad(loss, (q, k, v))
+
+
+def _plain_torch(q, k, v, cu_q, cu_k, dout, causal, window_size):
+    """Attention computed in the inputs' own dtype by plain PyTorch ops, differentiated by autograd."""
+    q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
+    out, _ = varlen_attention_forward(q, k, v, cu_q, cu_k, q.shape[2] ** -0.5, causal, *window_size, upcast=False)
+    return out, torch.autograd.grad((out * dout).sum(), (q, k, v))
+
+
+def check_against_reference(lengths_q, lengths_k, heads, head_dim, dtype, causal, window_size, device,
+                            *, lse_grad=False):
+    """Triton out, lse, dq, dk, dv against the float64 reference within the dtype's bound; with
+    lse_grad the loss also weighs lse, else the errors must also be within 2x (+ floor) those
+    of plain PyTorch in the same dtype."""
+    q, k, v, cu_q, cu_k, max_q, max_k = make_batch(lengths_q, lengths_k, *heads, head_dim, dtype, device)
+    dout = torch.randn_like(q)
+    dlse = torch.randn(heads[0], q.shape[0], device=device) if lse_grad else None
+    mask = dict(causal=causal, window_size=window_size)
+    out, lse, got = _run("triton", q, k, v, cu_q, cu_k, max_q, max_k, dout, dlse, **mask)
+    out_ref, lse_ref, expected = _run("reference", q.double(), k.double(), v.double(), cu_q, cu_k, max_q, max_k,
+                                      dout.double(), None if dlse is None else dlse.double(), **mask)
+    assert out.dtype == dtype and lse.dtype == torch.float32 and lse.shape == (heads[0], q.shape[0])
+    assert torch.equal(torch.isinf(lse), torch.isinf(lse_ref)), "rows without keys must have lse -inf"
+    finite = torch.isfinite(lse_ref)
+    assert_rel_close(lse[finite], lse_ref[finite], torch.float32, name="lse")
+    assert_rel_close(out, out_ref, dtype, name="out")
+    for name, g, g_ref in zip(("dq", "dk", "dv"), got, expected):
+        assert_rel_close(g, g_ref, dtype, name=name)
+    if not lse_grad:
+        torch_out, torch_grads = _plain_torch(q, k, v, cu_q, cu_k, dout, causal, window_size)
+        assert_as_accurate_as_torch(out, out_ref, torch_out, name="out")
+        for name, g, g_ref, g_torch in zip(("dq", "dk", "dv"), got, expected, torch_grads):
+            assert_as_accurate_as_torch(g, g_ref, g_torch, name=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal,window_size", MASKS)
+def test_matches_reference_across_masks(dtype, causal, window_size, device):
+    lengths_q = random_lengths(5, 40)
+    lengths_k = random_lengths(5, 40) if causal else lengths_q
+    heads = [(2, 2), (4, 2), (3, 1)][torch.randint(0, 3, ()).item()]
+    check_against_reference(lengths_q, lengths_k, heads, 32, dtype, causal, window_size, device)
+
+
+@pytest.mark.parametrize("head_dim", [8, 40, 80, 96])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_head_dims_not_powers_of_two(head_dim, dtype, device):
+    lengths = random_lengths(3, 24)
+    check_against_reference(lengths, lengths, (2, 1), head_dim, dtype, True, (-1, -1), device)
+
+
+@pytest.mark.parametrize("head_dim", [160, 256])
+def test_large_head_dims(head_dim, device):
+    check_against_reference([9, 0, 17], [20, 3, 17], (2, 2), head_dim, torch.bfloat16, False, (6, -1), device)
+
+
+def test_queries_longer_than_keys_and_empty_sides(device):
+    # Causal with Lq > Lk leaves rows that see no key; sequences with no keys or no queries.
+    check_against_reference([20, 6, 0, 4, 1], [5, 0, 7, 4, 1], (4, 2), 16, torch.float16, True, (-1, -1), device)
+    check_against_reference([20, 6, 0, 4, 1], [5, 0, 7, 4, 1], (4, 2), 16, torch.float32, False, (2, 0), device,
+                            lse_grad=True)
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_empty_batches(backend, device):
+    # No tokens at all (two empty sequences, or no sequence), and keys without any query.
+    for lengths_q, lengths_k in [([0, 0], [0, 0]), ([], []), ([0, 0], [3, 2])]:
+        q, k, v, cu_q, cu_k, max_q, max_k = make_batch(lengths_q, lengths_k, 2, 1, 16, torch.bfloat16, device)
+        out, lse, (dq, dk, dv) = _run(backend, q, k, v, cu_q, cu_k, max_q, max_k, torch.randn_like(q), None)
+        assert out.shape == q.shape and lse.shape == (2, 0) and dq.shape == q.shape
+        assert dk.shape == k.shape and (dk == 0).all() and (dv == 0).all()
+
+
+def test_gpu_tile_sizes(device):
+    """The GPU tiles (BLOCK_M 128 / BLOCK_N 64, dK/dV 32 x 128) on lengths crossing block edges."""
+    lengths_q, lengths_k = [130, 1, 0, 64, 77], [150, 3, 9, 64, 20]
+    q, k, v, cu_q, cu_k, max_q, max_k = make_batch(lengths_q, lengths_k, 2, 1, 64, torch.bfloat16, device)
+    fwd_cfg = dict(BLOCK_M=128, BLOCK_N=64, NUM_STAGES=3, num_warps=4)
+    bwd_cfg = dict(dkdv=dict(BLOCK_M=32, BLOCK_N=128, NUM_STAGES=2, num_warps=4),
+                   dq=dict(BLOCK_M=128, BLOCK_N=32, NUM_STAGES=2, num_warps=4))
+    scale = 64 ** -0.5
+    for left, right in [(-1, 0), (40, 5)]:
+        out, lse = fwd_kernels.forward(q, k, v, cu_q, cu_k, max_q, max_k, scale, left, right, config=fwd_cfg)
+        wide = [x.double() for x in (q, k, v)]
+        out_ref, lse_ref = varlen_attention_forward(*wide, cu_q, cu_k, scale, False, left, right)
+        assert_rel_close(out, out_ref, torch.bfloat16, name="out")
+        finite = torch.isfinite(lse_ref)
+        assert torch.equal(finite, torch.isfinite(lse))
+        assert_rel_close(lse[finite], lse_ref[finite], torch.float32, name="lse")
+        dout = torch.randn_like(out)
+        grads = bwd_kernels.backward(dout, q, k, v, out, lse, None, cu_q, cu_k, max_q, max_k, scale, left, right,
+                                     config=bwd_cfg)
+        expected = varlen_attention_backward(dout.double(), *wide, out_ref, lse_ref, None, cu_q, cu_k, scale, False,
+                                             left, right)
+        for name, g, g_ref in zip(("dq", "dk", "dv"), grads, expected):
+            assert_rel_close(g, g_ref, torch.bfloat16, name=name)
+
+
+def test_backward_is_deterministic_and_handles_strided_inputs(device):
+    lengths = [33, 0, 18]
+    q, k, v, cu_q, cu_k, max_q, max_k = make_batch(lengths, lengths, 2, 1, 24, torch.bfloat16, device)
+    # Non-contiguous views: q from a wider buffer, k / v interleaved in one (total, 2, Hkv, D) tensor.
+    q = torch.cat([q, torch.randn_like(q)], 2)[..., :24]
+    kv = torch.stack([k, v], 1)
+    k, v = kv[:, 0], kv[:, 1]
+    assert not q.is_contiguous() and not k.is_contiguous()
+    dout, dlse = torch.randn_like(q), torch.randn(2, q.shape[0], device=device)
+    first = _run("triton", q, k, v, cu_q, cu_k, max_q, max_k, dout, dlse, causal=True)
+    second = _run("triton", q, k, v, cu_q, cu_k, max_q, max_k, dout, dlse, causal=True)
+    for a, b in zip(first[2], second[2]):
+        assert torch.equal(a, b)
+    expected = _run("reference", q.double(), k.double(), v.double(), cu_q, cu_k, max_q, max_k, dout.double(),
+                    dlse.double(), causal=True)
+    assert_rel_close(first[0], expected[0], torch.bfloat16, name="out")
+    for name, g, g_ref in zip(("dq", "dk", "dv"), first[2], expected[2]):
+        assert_rel_close(g, g_ref, torch.bfloat16, name=name)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lengths=st.lists(st.tuples(st.integers(0, 33), st.integers(0, 33)), min_size=1, max_size=3),
+    causal=st.booleans(),
+    left=st.integers(-1, 20),
+    right=st.integers(-1, 20),
+    group=st.sampled_from([1, 2, 3]),
+)
+def test_fuzz_lengths_and_flags(lengths, causal, left, right, group, device):
+    lengths_q, lengths_k = [a for a, _ in lengths], [b for _, b in lengths]
+    check_against_reference(lengths_q, lengths_k, (group, 1), 16, torch.float32, causal, (left, right), device,
+                            lse_grad=True)
+
+
+def test_triton_refuses_float64_and_needs_the_interpreter_on_cpu(monkeypatch, device):
+    q, k, v, cu_q, cu_k, max_q, max_k = make_batch([3], [3], 1, 1, 8, torch.float64, device)
+    with pytest.raises(TypeError, match="backend='triton' supports float16, bfloat16 and float32"):
+        ak.varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, backend="triton")
+    q, k, v, cu_q, cu_k, max_q, max_k = make_batch([3], [3], 1, 1, 8, torch.float32, "cpu")
+    monkeypatch.setattr(_backend, "_triton_state", lambda: (True, False, ""))
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        ak.varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, backend="triton")
+
+
+# ------------------------------------------------------------------------- GPU codegen
+
+SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+_DATA_POINTERS = {"Q", "K", "V", "Out", "dOut", "dQ", "dK", "dV"}
+_FLOAT32_POINTERS = {"Lse", "Delta", "dLse"}
+
+
+def _signature(kernel, data_type):
+    """compile_for_gpu signature: data pointers in ``data_type``, lse/delta float32, ints i32."""
+    signature = {}
+    # kernel.fn: the Python function under both the interpreter and the compiler.
+    for name, param in inspect.signature(kernel.fn).parameters.items():
+        if param.annotation is tl.constexpr:
+            signature[name] = "constexpr"
+        elif name in _DATA_POINTERS:
+            signature[name] = f"*{data_type}"
+        elif name in _FLOAT32_POINTERS:
+            signature[name] = "*fp32"
+        elif name.startswith("cu_seqlens"):
+            signature[name] = "*i32"
+        elif name in ("qk_scale", "softmax_scale"):
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+    return signature
+
+
+def kernel_specs(dtype, head_dim):
+    """Specs of the three attention kernels with the tiles the launchers pick on a GPU."""
+    data_type = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
+    bwd_cfg = bwd_kernels.bwd_config(head_dim, dtype, interpret=False)
+    kernels = [(fwd_kernels, "_fwd_kernel", fwd_kernels.fwd_config(head_dim, dtype, interpret=False)),
+               (bwd_kernels, "_dkdv_kernel", bwd_cfg["dkdv"]), (bwd_kernels, "_dq_kernel", bwd_cfg["dq"])]
+    specs = []
+    for module, name, cfg in kernels:
+        constexprs = dict(HAS_LEFT=True, HAS_RIGHT=True, BLOCK_D=fwd_kernels.head_block(head_dim))
+        constexprs.update((key, value) for key, value in cfg.items() if key != "num_warps")
+        specs.append((module.__name__, name, _signature(getattr(module, name), data_type), constexprs))
+    return specs
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_gpu():
+    """Every kernel in bf16 and fp32, head dims 64 / 128 / 256, with the launchers' GPU tiles:
+    codegen succeeds, shared memory fits, and bf16 matmuls use tensor cores. float32 (IEEE:
+    FMA on every arch, the same shared memory on sm_90) is compiled for sm_80 only, the
+    tighter limit."""
+    archs = {torch.bfloat16: (80, 90), torch.float32: (80,)}
+    groups = []
+    for dtype, data_type in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
+        specs = [spec for head_dim in (64, 128, 256) for spec in kernel_specs(dtype, head_dim)]
+        specs.append((bwd_kernels.__name__, "_preprocess_kernel", _signature(bwd_kernels._preprocess_kernel, data_type),
+                      dict(HAS_DLSE=True, BLOCK_M=64, BLOCK_D=256)))
+        groups.append((dtype, specs))
+    # One compiler process per dtype, both at once: about the same work each.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        compiled = list(pool.map(lambda group: compile_for_gpu(group[1], archs=archs[group[0]]), groups))
+    for (dtype, specs), results in zip(groups, compiled):
+        assert len(results) == len(archs[dtype]) * len(specs)
+        for result in results:
+            assert result["shared"] <= SHARED_LIMIT[result["arch"]], result
+            if dtype == torch.bfloat16 and result["kernel"] != "_preprocess_kernel":
+                assert result["mma"] or result["wgmma"], f"{result}: bf16 matmuls must use tensor cores"
