@@ -8,6 +8,7 @@ interpreter (``TRITON_INTERPRET=1`` set before the kernels are imported).
 
 import importlib
 import os
+import re
 from functools import lru_cache
 
 import torch
@@ -26,6 +27,26 @@ def _triton_state():
     except ImportError as err:
         return False, False, f"triton is not importable ({err})"
     return True, utils.INTERPRET, ""
+
+
+def _major_minor(version: str) -> tuple:
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+@lru_cache(maxsize=None)
+def interpreter_problem() -> str:
+    """Why the Triton interpreter cannot run here, or "" if it can. Known case: Triton 3.6's
+    interpreter calls int() on 1-element arrays (``range(tl.program_id(0), ...)``), which
+    NumPy 2.4 made an error; Triton 3.7 fixed it."""
+    import numpy
+    import triton
+
+    if _major_minor(triton.__version__) < (3, 7) and _major_minor(numpy.__version__) >= (2, 4):
+        return (f"Triton {triton.__version__}'s interpreter does not work with NumPy {numpy.__version__} "
+                "(it converts 1-element arrays with int(), an error since NumPy 2.4): install 'numpy<2.4' "
+                "or Triton >= 3.7 to run Triton kernels on the CPU")
+    return ""
 
 
 def triton_available() -> bool:
@@ -80,6 +101,8 @@ def resolve_backend(backend, device, *, op: str, gpu_preference=("triton",), cud
                 f"{op}: backend='triton' got {device.type} tensors; Triton runs them only under its "
                 "interpreter: set TRITON_INTERPRET=1 before importing adaptkern, or move the tensors to CUDA"
             )
+        if device.type != "cuda" and interpreter_problem():
+            raise RuntimeError(f"{op}: backend='triton' on {device.type} tensors: {interpreter_problem()}")
     elif chosen == "cuda":
         if not cuda_supported:
             raise ValueError(f"{op}: has no 'cuda' backend; use 'triton' or 'reference'")

@@ -39,6 +39,21 @@ def test_default_backend_is_reference_on_cpu(monkeypatch):
     assert _backend.resolve_backend("reference", "cpu", op="t") == "reference"
 
 
+@pytest.mark.parametrize("triton_version,numpy_version,broken", [
+    ("3.6.0", "2.4.6", True), ("3.6.1", "2.3.5", False), ("3.7.0", "2.4.0", False), ("3.9.0+git1a2b", "2.5.0", False),
+])
+def test_interpreter_problem_names_the_triton_numpy_clash(monkeypatch, triton_version, numpy_version, broken):
+    import numpy
+    import triton
+
+    monkeypatch.setattr(triton, "__version__", triton_version)
+    monkeypatch.setattr(numpy, "__version__", numpy_version)
+    problem = _backend.interpreter_problem.__wrapped__()
+    assert bool(problem) == broken
+    if broken:
+        assert "numpy<2.4" in problem and triton_version in problem
+
+
 def test_cli_info_reports_backends_and_extension():
     proc = subprocess.run([sys.executable, "-m", "adaptkern", "info", "--json"], capture_output=True, text=True,
                           check=True)
