@@ -10,7 +10,8 @@ from ._backend import BACKENDS, available_backends
 from ._checks import DTypeError, set_validation
 from ._ext import cuda_extension_built
 from .ops.pack import Packed, cu_seqlens_from_lengths, pack, unpack
-from .ops.patch_embed import PackedPatches, flexi_patch_embed, flexi_patch_embed_packed, pi_resize, pi_resize_matrix
+from .ops.patch_embed import PackedPatches, flexi_patch_embed, flexi_patch_embed_packed
+from .ops.pi_resize import pi_resize, pi_resize_matrix
 from .ops.interp_pos_embed import add_interp_pos_embed, interp_pos_embed
 from .ops.varlen_attention import flash_attn_varlen_func, varlen_attention
 from . import flops, models, nn, scaling, schedule, train

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import adaptkern as ak
-from adaptkern.ops import patch_embed as ops
+from adaptkern.ops import pi_resize as ops
 
 CUBIC_A = -0.75  # PyTorch's bicubic; its antialiased bicubic uses -0.5 (as PIL)
 

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from .. import _backend
 from ..flops.patch_embed import patch_embed_backward_flops, patch_embed_flops
-from ..ops.patch_embed import flexi_patch_embed, flexi_patch_embed_packed, pi_resize
+from ..ops.patch_embed import flexi_patch_embed, flexi_patch_embed_packed
+from ..ops.pi_resize import pi_resize
 from .timing import time_ms, tflops
 
 # Dense peaks (TFLOP/s for bf16/fp16 tensor cores, fp32 without TF32; TB/s HBM), SXM parts.

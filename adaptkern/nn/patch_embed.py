@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from .._checks import check_int
-from ..ops.patch_embed import (as_pair, cached_pi_resize_matrix, check_interpolation, flexi_patch_embed,
-                               flexi_patch_embed_packed)
+from ..ops.patch_embed import flexi_patch_embed, flexi_patch_embed_packed
+from ..ops.pi_resize import as_pair, cached_pi_resize_matrix, check_interpolation
 
 _OP = "adaptkern.nn.FlexiPatchEmbed"
 
