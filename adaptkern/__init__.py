@@ -7,7 +7,7 @@ Public names follow ../shared/DESIGN.md. Ops take ``backend=None|"reference"|"tr
 __version__ = "0.1.0"
 
 from ._backend import BACKENDS, available_backends
-from ._checks import DTypeError, set_validation
+from ._checks import DTypeError, set_validation, validation
 from ._ext import cuda_extension_built
 from .ops.pack import Packed, cu_seqlens_from_lengths, pack, unpack
 from .ops.patch_embed import PackedPatches, flexi_patch_embed, flexi_patch_embed_packed
@@ -40,5 +40,6 @@ __all__ = [
     "set_validation",
     "train",
     "unpack",
+    "validation",
     "varlen_attention",
 ]

@@ -1,9 +1,11 @@
 """Input validation shared by every op. Each error names the op, the argument and what
 was expected. Checks of *values* held in device tensors (cu_seqlens) cost one host sync
-per call; ``ADAPTKERN_VALIDATE=0`` or ``adaptkern.set_validation(False)`` turns them off,
-and they are skipped while torch.compile traces or a CUDA graph is captured.
+per call; ``ADAPTKERN_VALIDATE=0`` or ``adaptkern.set_validation(False)`` turns them off
+(``with validation(False):`` for one block), and they are skipped while torch.compile
+traces or a CUDA graph is captured.
 """
 
+import contextlib
 import numbers
 import os
 
@@ -21,6 +23,20 @@ def set_validation(enabled) -> None:
     """Turn value checks of index tensors on (True), off (False), or back to the env default (None)."""
     global _validate_override
     _validate_override = None if enabled is None else bool(enabled)
+
+
+@contextlib.contextmanager
+def validation(enabled):
+    """``with validation(False):`` value checks off (True: on; None: the env default) inside
+    the block, and back to what they were on exit. For loops whose index tensors are valid
+    by construction, where each check would cost a host sync per call."""
+    global _validate_override
+    previous = _validate_override
+    set_validation(enabled)
+    try:
+        yield
+    finally:
+        _validate_override = previous
 
 
 def value_checks_enabled(*tensors) -> bool:

@@ -1,5 +1,5 @@
-"""Crash-safe file writes: a temp file in the same folder, fsync, ``os.replace``, so a
-reader (or a crash) sees the old file or the new one, never half of one."""
+"""Crash-safe file writes: a temp file in the same folder, fsync, ``os.replace``, fsync of
+the folder, so a reader (or a crash) sees the old file or the new one, never half of one."""
 
 import os
 import tempfile
@@ -26,4 +26,19 @@ def atomic_write(path, write, *, text: bool = False) -> str:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_folder(folder)
     return path
+
+
+def _fsync_folder(folder) -> None:
+    """Make the rename itself durable (best effort: some platforms cannot open a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

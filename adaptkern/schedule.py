@@ -153,8 +153,10 @@ def _real(name, value, *, allow_none=False):
 
 
 def _check_laws(laws):
-    if not isinstance(laws, dict) or not laws:
-        raise ValueError(f"{_OP}: laws must be a non-empty dict shape -> law, got {laws!r:.80}")
+    if not isinstance(laws, dict):
+        raise TypeError(f"{_OP}: laws must be a dict shape -> law, got {type(laws).__name__}")
+    if not laws:
+        raise ValueError(f"{_OP}: laws must be a non-empty dict shape -> law, got {{}}")
     shapes = []
     for key, law in laws.items():
         missing = [m for m in _LAW_METHODS if not callable(getattr(law, m, None))]
@@ -205,8 +207,10 @@ def optimal_schedule(laws, target_loss, start_loss=None, switch_cost=0.0, *, gri
     kappa = _real("switch_cost", switch_cost)
     if kappa < 0:
         raise ValueError(f"{_OP}: switch_cost must be >= 0, got {kappa}")
-    if isinstance(grid_size, bool) or not isinstance(grid_size, numbers.Integral) or grid_size < 16:
-        raise ValueError(f"{_OP}: grid_size must be an int >= 16, got {grid_size!r}")
+    if isinstance(grid_size, bool) or not isinstance(grid_size, numbers.Integral):
+        raise TypeError(f"{_OP}: grid_size must be an int >= 16, got {type(grid_size).__name__}")
+    if grid_size < 16:
+        raise ValueError(f"{_OP}: grid_size must be an int >= 16, got {grid_size}")
     if all(s.c >= target for s in shapes):
         asymptotes = ", ".join(f"{s.key!r}: {s.c:.6g}" for s in shapes)
         raise ValueError(f"{_OP}: no shape reaches target_loss={target:.6g}; their asymptotes c are {{{asymptotes}}}")
@@ -343,8 +347,7 @@ def _dp_switches(shapes, nodes, kappa):
 def _build_plan(shapes, switches, start, target, kappa):
     bounds = [loss for loss, _ in switches[1:]] + [target]
     segments, spent = [], 0.0
-    for n, ((loss_start, k), loss_end) in enumerate(zip(switches, bounds)):
-        loss_start = start if n == 0 else loss_start
+    for n, ((loss_start, k), loss_end) in enumerate(zip(switches, bounds)):  # switches[0] is at start
         ends = shapes[k].compute(np.array([loss_start, loss_end]))
         compute = float(ends[1] - ends[0])
         begin = spent + (kappa if n else 0.0)

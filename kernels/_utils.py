@@ -1,4 +1,5 @@
-"""Helpers shared by the Triton kernels: interpreter detection and a dtype-safe dot."""
+"""Helpers shared by the Triton kernels: interpreter detection, and a dtype-safe dot and
+float32 -> low-precision cast that behave the same under the interpreter as on a GPU."""
 
 import os
 
@@ -33,6 +34,25 @@ else:
             return tl.dot(a, b, acc, input_precision="ieee")
         else:
             return tl.dot(a, b, acc)
+
+
+if INTERPRET:
+    # The interpreter truncates float32 -> bfloat16 where the GPU rounds to nearest even; the
+    # bias would pile up in every bf16 matmul operand and output, so round here as the GPU does.
+    @triton.jit
+    def to_dtype(x, dtype: tl.constexpr):
+        if dtype == tl.bfloat16:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            x = bits.to(tl.float32, bitcast=True)
+        return x.to(dtype)
+
+else:
+
+    @triton.jit
+    def to_dtype(x, dtype: tl.constexpr):
+        """float32 ``x`` in ``dtype`` (round to nearest even)."""
+        return x.to(dtype)
 
 
 def row_block(row_elements: int, max_block: int = 1024) -> int:

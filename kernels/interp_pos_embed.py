@@ -67,7 +67,9 @@ def _window(o, in_size, out_size, ANTIALIAS: tl.constexpr, ALIGN_CORNERS: tl.con
     clamp(x, 0, in_size - 1) with weight filter((x - pos) * inv) / total. ``last`` is the
     largest input index any tap may read, non-decreasing in ``o`` (binary searches use it).
     """
-    in_f = in_size.to(tl.float32)
+    # tl.cast, not in_size.to: a launch specialises an int argument equal to 1 (a 1-row or
+    # 1-column base grid) into a constexpr Python int, which has no .to.
+    in_f = tl.cast(in_size, tl.float32)
     out_f = out_size.to(tl.float32)
     o_f = o.to(tl.float32)
     if ALIGN_CORNERS:

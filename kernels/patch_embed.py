@@ -27,7 +27,8 @@ import triton.language as tl
 
 from ._utils import dot
 
-TABLE_COLS = 8  # per image: address, stride_c, stride_h, stride_w, first token, tokens, grid width, unused
+# Per image: address, stride_c, stride_h, stride_w, first token, tokens, grid width, unused.
+TABLE_COLS = tl.constexpr(8)  # constexpr: the kernels read it too
 
 
 @triton.jit
@@ -39,7 +40,7 @@ def _tile_geometry(x_ptr, table_ptr, tiles_ptr, tile, stride_b, stride_c, stride
     if PACKED:
         image = tl.load(tiles_ptr + 2 * tile)
         row0 = tl.load(tiles_ptr + 2 * tile + 1)
-        meta = table_ptr + image * 8
+        meta = table_ptr + image * TABLE_COLS
         base = tl.load(meta).to(tl.pointer_type(x_ptr.dtype.element_ty))
         if VEC > 1:  # in bytes: the launcher checked every image's address
             base = tl.multiple_of(base, VEC * x_ptr.dtype.element_ty.primitive_bitwidth // 8)
@@ -284,7 +285,7 @@ def _pixels(images, patch_h: int, patch_w: int, block_m: int) -> _Pixels:
                       torch.stack([tile_image, tile_row0], 1).reshape(-1)])
     if images[0].device.type == "cuda":  # pinned + non_blocking: no host sync for this small upload
         host = host.pin_memory().to(images[0].device, non_blocking=True)
-    table_len = len(images) * TABLE_COLS
+    table_len = len(images) * TABLE_COLS.value
     ref = next((image for image in images if image.numel() > 0), images[0])
     views = [(x.data_ptr(), tuple(x.shape), x.stride()) for x in images if x.numel() > 0]
     channels_last = _is_channels_last(views)

@@ -16,31 +16,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import INTERPRET, dot
+from ._utils import INTERPRET, dot, to_dtype
 
 LOG2E = 1.4426950408889634
 # Kernels may read module globals only as constexprs.
 LOG2E_C = tl.constexpr(LOG2E)
 LN2_C = tl.constexpr(0.6931471805599453)
 MAX_PROGRAMS = 2**31 - 1
-
-if INTERPRET:
-    # The interpreter truncates float32 -> bfloat16 where the GPU rounds to nearest even; the
-    # bias would pile up in every bf16 matmul operand and output, so round here as the GPU does.
-    @triton.jit
-    def to_dtype(x, dtype: tl.constexpr):
-        if dtype == tl.bfloat16:
-            bits = x.to(tl.uint32, bitcast=True)
-            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-            x = bits.to(tl.float32, bitcast=True)
-        return x.to(dtype)
-
-else:
-
-    @triton.jit
-    def to_dtype(x, dtype: tl.constexpr):
-        """float32 ``x`` in ``dtype`` (round to nearest even)."""
-        return x.to(dtype)
 
 
 @triton.jit
@@ -242,6 +224,20 @@ def last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+def reachable_window(window_left, window_right, max_seqlen_q, max_seqlen_k):
+    """The window with every side that cuts no key of any sequence made unbounded (-1).
+
+    Query i sees key j iff i + Lk - Lq - left <= j <= i + Lk - Lq + right. The left bound
+    admits key 0 for every query iff it does for the last one (Lk - 1 - left <= 0); the right
+    bound admits key Lk - 1 for every query iff it does for the first (Lk - Lq + right >=
+    Lk - 1). So left >= max_seqlen_k - 1 and right >= max_seqlen_q - 1 cut nothing in any
+    sequence. Besides skipping the mask, this keeps the kernels' int32 bounds (row + diag
+    +- window) from wrapping when a caller passes a huge window, such as 2**31 - 1."""
+    left = -1 if window_left >= max_seqlen_k - 1 else window_left
+    right = -1 if window_right >= max_seqlen_q - 1 else window_right
+    return left, right
+
+
 def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, window_left,
             window_right, *, config=None):
     """Launch the forward kernel.
@@ -250,12 +246,14 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, sof
         q: (total_q, Hq, D); k, v: (total_k, Hkv, D); fp16 / bf16 / fp32, any strides
             (copied once only if the last dim is not contiguous).
         cu_seqlens_q, cu_seqlens_k: int32 (S+1,), already validated.
-        window_left, window_right: mask bounds with causal folded in (-1 = unbounded).
+        window_left, window_right: mask bounds with causal folded in (-1 = unbounded); a side
+            that cuts no key counts as -1 (:func:`reachable_window`).
         config: override of :func:`fwd_config` (tests use it to run the GPU tile sizes).
 
     Returns out (total_q, Hq, D) in q's dtype and lse (Hq, total_q) float32.
     """
     q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
+    window_left, window_right = reachable_window(window_left, window_right, max_seqlen_q, max_seqlen_k)
     total_q, num_heads, head_dim = q.shape
     out = q.new_empty(q.shape)
     lse = torch.empty((num_heads, total_q), dtype=torch.float32, device=q.device)

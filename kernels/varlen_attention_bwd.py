@@ -14,9 +14,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import INTERPRET, dot
+from ._utils import INTERPRET, dot, to_dtype
 from .varlen_attention import (LOG2E, LOG2E_C, block_start, check_grid, head_block, last_dim_contiguous, load_rows,
-                               program_tile, query_block, row_tile, store_rows, to_dtype, visible, visible_range)
+                               program_tile, query_block, reachable_window, row_tile, store_rows, visible,
+                               visible_range)
 
 
 @triton.jit
@@ -184,12 +185,14 @@ def backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, max_seql
     Args:
         dout: (total_q, Hq, D) gradient of out; q, k, v, out, lse as the forward used them;
             dlse: (Hq, total_q) gradient of lse, or None.
-        window_left, window_right: mask bounds with causal folded in (-1 = unbounded).
+        window_left, window_right: mask bounds with causal folded in (-1 = unbounded); a side
+            that cuts no key counts as -1 (:func:`reachable_window`).
         config: override of :func:`bwd_config`.
 
     Returns dq (total_q, Hq, D), dk, dv (total_k, Hkv, D) in the inputs' dtypes.
     """
     dout, q, k, v, out = (last_dim_contiguous(x) for x in (dout, q, k, v, out))
+    window_left, window_right = reachable_window(window_left, window_right, max_seqlen_q, max_seqlen_k)
     total_q, num_heads, head_dim = q.shape
     num_kv_heads = k.shape[1]
     dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)

@@ -217,3 +217,46 @@ def test_partial_results_are_checkpointed_after_every_case(monkeypatch):
     data = suite.run_suite("cpu", ops=["interp_pos_embed"], quick=True, rep_ms=1, progress=False,
                            checkpoint=lambda d: seen.append(len(d["rows"])))
     assert seen == [len(data["rows"]) // 2, len(data["rows"])] and seen[0] > 0
+
+
+def test_timed_calls_skip_host_value_checks(monkeypatch):
+    """Timing runs with value checks off (a host sync the peers do not pay); the result
+    check before it keeps them, and the setting is restored afterwards."""
+    from adaptkern import _checks
+    from adaptkern.bench.timing import time_ms
+
+    monkeypatch.delenv("ADAPTKERN_VALIDATE", raising=False)
+    cu = torch.tensor([0, 2], dtype=torch.int32)
+    seen = []
+    time_ms(lambda: seen.append(_checks.value_checks_enabled(cu)), device="cpu", rep_ms=1)
+    assert len(seen) >= 4 and not any(seen)
+    assert _checks.value_checks_enabled(cu) and _checks._validate_override is None
+    calls = []
+    original = _checks._check_cu_values
+    monkeypatch.setattr(_checks, "_check_cu_values", lambda *a: calls.append(a[0]) or original(*a))
+    monkeypatch.setattr(ip, "CPU_CASES", [TINY_INTERP])
+    during = []  # value checks made while each implementation was timed
+
+    def counting_time_ms(*args, **kwargs):
+        before = len(calls)
+        timing = time_ms(*args, **kwargs)
+        during.append(len(calls) - before)
+        return timing
+
+    monkeypatch.setattr(runner, "time_ms", counting_time_ms)
+    rows = runner.run_case(suite.case_factories("interp_pos_embed", "cpu")[0][1](), "cpu", rep_ms=1)
+    assert any(r["ours"] and r["ms"] for r in rows)
+    assert calls and during and not any(during)  # checked before timing, never while timing
+
+
+def test_results_that_fail_validation_leave_no_file(tmp_path):
+    path = runner.write_results(_fixture(), tmp_path)
+    with open(path) as f:
+        before = f.read()
+    bad = _fixture()
+    del bad["meta"]["command"]
+    with pytest.raises(ValueError, match="command"):
+        runner.write_results(bad, tmp_path, path)
+    assert os.listdir(tmp_path) == [os.path.basename(path)]  # no temp file left behind
+    with open(path) as f:
+        assert f.read() == before

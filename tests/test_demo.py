@@ -48,6 +48,11 @@ def _first_crossing(evals, target):
     return None
 
 
+def _at_first_eval(evals, target):
+    """Already at/below the target at the first eval: the crossing is only an upper bound."""
+    return min(evals, key=lambda e: e["compute"])["loss"] <= target
+
+
 def test_demo_fast_end_to_end(clean_demo):
     out, proc = clean_demo
     summary = json.loads((out / "summary.json").read_text())
@@ -73,8 +78,13 @@ def test_demo_fast_end_to_end(clean_demo):
         ledger = summary["adaptive"]["ledger"]["flops"]
         train = sum(v for phases in ledger.values() for p, v in phases.items() if p != "eval")
         assert train == summary["adaptive"]["compute"]  # the ledger is the run's compute axis
-    if adaptive is None:
+    bounds = [s for s in reached if _at_first_eval(summary["static"][s]["evals"], target)]
+    if "adaptive" not in summary:  # planning failed: the verdict says why, and claims nothing
+        assert verdict["adaptive_wins"] is None and verdict["claim"] == f"no adaptive run: {summary['plan_error']}"
+    elif adaptive is None:
         assert verdict["adaptive_wins"] is False and "did NOT reach" in verdict["claim"]
+    elif bounds or _at_first_eval(summary["adaptive"]["evals"], target):  # upper bounds only: no comparison
+        assert verdict["adaptive_wins"] is None and verdict["savings"] is None and "first eval" in verdict["claim"]
     else:
         assert math.isclose(verdict["adaptive_flops"], adaptive, rel_tol=1e-9)
         wins = adaptive < verdict["best_static_flops"]
@@ -89,6 +99,20 @@ def _numbers(summary):
     static = {s: [(e["compute"], e["loss"]) for e in row["evals"]] for s, row in summary["static"].items()}
     adaptive = [(e["compute"], e["loss"]) for e in summary.get("adaptive", {}).get("evals", [])]
     return static, adaptive, summary["target_loss"], summary["verdict"]["claim"]
+
+
+@pytest.mark.parametrize("command", ["demo", "train"])
+@pytest.mark.parametrize("evals", ["0", "1"])
+def test_too_few_evals_is_refused_up_front(tmp_path, capsys, command, evals):
+    """--evals below 2 leaves no curve to fit, target or cross: refused before any training
+    (it used to run the whole sweep and then crash with an IndexError)."""
+    from adaptkern.cli import main
+
+    extra = ["--fast"] if command == "demo" else ["--shape", "p8"]
+    assert main([command, "--evals", evals, "--target-loss", "2", "--out", str(tmp_path / "out"), "--no-progress",
+                 *extra]) == 2
+    assert f"--evals must be at least 2, got {evals}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_demo_killed_mid_sweep_resumes_without_redoing_runs(clean_demo, tmp_path):

@@ -3,6 +3,7 @@ of whole batches (uniform, packed mixed, padded), 6*N*D against a hand parameter
 JSON, the plot and the CLI's errors."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -116,6 +117,17 @@ def test_cli_json_text_plot_and_errors(tmp_path, capsys):
     assert "context_lengths" in capsys.readouterr().err
     assert main(["flops", "--model", "vit-demo", "--resolutions", "3x"]) == 2
     assert "224x160" in capsys.readouterr().err
+
+
+def test_cli_size_errors_name_the_option_and_out_is_written_whole(tmp_path, capsys):
+    assert main(["flops", "--model", "vit-demo", "--image-size", "32x"]) == 2
+    assert "--image-size: expected a size like 224 or 224x160, got '32x'" in capsys.readouterr().err
+    assert main(["flops", "--model", "vit-demo", "--resolutions", "32", "3x"]) == 2
+    assert "--resolutions: expected a size" in capsys.readouterr().err
+    out = tmp_path / "report" / "flops.json"
+    assert main(["flops", "--model", "vit-demo", "--patch-sizes", "8", "--no-progress", "--out", str(out)]) == 0
+    assert f"wrote JSON: {out}" in capsys.readouterr().out
+    assert json.loads(out.read_text())["model"] == "vit-demo" and os.listdir(out.parent) == ["flops.json"]
 
 
 def test_report_text_and_plot(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import adaptkern as ak
-from adaptkern import _backend, _ext
+from adaptkern import _backend, _checks, _ext
 
 
 def test_kernels_subpackage_is_importable():
@@ -64,3 +64,26 @@ def test_cli_info_reports_backends_and_extension():
     help_text = subprocess.run([sys.executable, "-m", "adaptkern", "--help"], capture_output=True, text=True,
                                check=True).stdout
     assert "info" in help_text
+
+
+def test_validation_context_turns_value_checks_off_and_restores_the_setting(monkeypatch):
+    from adaptkern._checks import validation
+
+    monkeypatch.delenv("ADAPTKERN_VALIDATE", raising=False)
+    bad = torch.tensor([0, 3, 2], dtype=torch.int32)  # decreasing: only a value check sees it
+    with pytest.raises(ValueError, match="non-decreasing"):
+        ak.varlen_attention(*(torch.zeros(2, 1, 8) for _ in range(3)), bad, bad, 3, 3)
+    for outer in (None, True, False):
+        ak.set_validation(outer)
+        try:
+            with validation(False):
+                assert not _checks.value_checks_enabled(bad)
+                with validation(True):
+                    assert _checks.value_checks_enabled(bad)
+                assert not _checks.value_checks_enabled(bad)
+            assert _checks._validate_override is outer
+            with pytest.raises(RuntimeError), validation(False):
+                raise RuntimeError("restored on errors too")
+            assert _checks._validate_override is outer
+        finally:
+            ak.set_validation(None)

@@ -7,9 +7,11 @@ import torch
 
 import adaptkern as ak
 from adaptkern import _backend
+from adaptkern.ops import interp_pos_embed as interp_ops
 
 from helpers import assert_rel_close, compile_for_gpu
 from test_interp_pos_embed import OPTION_IDS, OPTIONS, oracle, oracle_add, packed_batch, random_grids
+from test_pack import record_launch_devices
 
 KERNEL_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -122,6 +124,26 @@ def test_triton_empty_batch(device):
     assert torch.equal(pos.grad, torch.zeros_like(pos))
 
 
+def _specialised_to_one(spec):
+    """``spec`` with every int argument a constexpr 1, as a launch on a GPU specialises an int
+    argument equal to 1 (e.g. base_h or base_w of a 1-row or 1-column grid, one sequence)."""
+    module, kernel, signature, constexprs = spec
+    ints = [name for name, ty in signature.items() if ty == "i32"]
+    return (module, kernel, {**signature, **dict.fromkeys(ints, "constexpr")},
+            {**constexprs, **dict.fromkeys(ints, 1)})
+
+
+@pytest.mark.interpret
+def test_triton_launches_run_under_the_device_guard(monkeypatch, device):
+    """Both forwards and the backward enter the guard for their device."""
+    devices = record_launch_devices(monkeypatch, interp_ops)
+    tokens, grid_sizes, cu = packed_batch([(2, 3)], 1, 8, torch.float32, device)
+    pos = torch.randn(3, 2, 8, device=device, requires_grad=True)
+    ak.add_interp_pos_embed(tokens, pos, grid_sizes, cu, num_prefix_tokens=1, backend="triton").sum().backward()
+    ak.interp_pos_embed(pos, grid_sizes, backend="triton").sum().backward()
+    assert devices == [pos.device] * 4
+
+
 @pytest.mark.slow
 def test_triton_kernels_compile_for_gpu():
     module = "adaptkern.kernels.interp_pos_embed"
@@ -143,8 +165,9 @@ def test_triton_kernels_compile_for_gpu():
         bwd_consts = dict(**consts, BLOCK_B=32, BLOCK_C=32, BLOCK_D=64)
         backward.update({name: "constexpr" for name in bwd_consts})
         specs.append((module, "_interp_bwd_kernel", backward, bwd_consts))
+    specs += [_specialised_to_one(spec) for spec in specs]
     results = compile_for_gpu(specs)
-    assert len(results) == 8
+    assert len(results) == 16
     for result in results:
         limit = 163 * 1024 if result["arch"] == 80 else 227 * 1024
         assert result["shared"] <= limit, result

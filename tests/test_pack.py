@@ -1,10 +1,14 @@
 """adaptkern.pack / unpack: every backend against plain indexing, gradients, compile, errors."""
 
+import contextlib
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 import adaptkern as ak
 from adaptkern import _backend
+from adaptkern.ops import pack as pack_ops
 
 from helpers import compile_for_gpu
 
@@ -137,6 +141,31 @@ def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
     monkeypatch.setattr(_backend, "_triton_state", lambda: (True, False, ""))
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         ak.pack(torch.randn(2, 3, 4), [1, 2], backend="triton")
+
+
+def record_launch_devices(monkeypatch, module):
+    """Replace ``module.on_device`` by a no-op that records the device of every launch."""
+    devices = []
+    monkeypatch.setattr(module, "on_device", lambda tensor: devices.append(tensor.device) or contextlib.nullcontext())
+    return devices
+
+
+def test_on_device_makes_a_cuda_tensors_device_current(monkeypatch):
+    entered = []
+    monkeypatch.setattr(torch.cuda, "device", lambda device: entered.append(device) or contextlib.nullcontext())
+    pack_ops.on_device(SimpleNamespace(is_cuda=True, device=torch.device("cuda", 1)))
+    assert entered == [torch.device("cuda", 1)]
+    assert isinstance(pack_ops.on_device(torch.ones(2)), contextlib.nullcontext) and len(entered) == 1
+
+
+@pytest.mark.interpret
+def test_launches_run_under_the_device_guard(monkeypatch, device):
+    devices = record_launch_devices(monkeypatch, pack_ops)
+    x = torch.randn(2, 3, 4, device=device, requires_grad=True)
+    packed = ak.pack(x, [1, 2], backend="triton")
+    packed.data.sum().backward()  # through unpack_padded
+    assert torch.equal(packed.data, _expected_pack(x, [1, 2]))
+    assert devices == [x.device] * 2
 
 
 @pytest.mark.slow

@@ -9,8 +9,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import adaptkern as ak
 from adaptkern import _backend
+from adaptkern.ops import patch_embed as patch_embed_ops
 
 from helpers import assert_rel_close
+from test_pack import record_launch_devices
 from test_patch_embed_resize import oracle_pi_resize
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -149,6 +151,18 @@ def test_empty_batches_and_images(device):
             assert g_images.shape == images.shape and torch.equal(g_weight, torch.zeros_like(w))
         packed = ak.flexi_patch_embed_packed([torch.randn(3, 0, 4, device=device)], weight, None, 4, backend=backend)
         assert packed.tokens.shape == (0, 8) and packed.cu_seqlens.tolist() == [0, 0] and packed.max_seqlen == 0
+
+
+@pytest.mark.interpret
+def test_launches_run_under_the_device_guard(monkeypatch, device):
+    """Forward, grad_input and grad_weight of both layouts enter the guard for their device."""
+    devices = record_launch_devices(monkeypatch, patch_embed_ops)
+    weight = torch.randn(8, 2, 4, 4, device=device, requires_grad=True)
+    images = torch.randn(1, 2, 8, 4, device=device, requires_grad=True)
+    ak.flexi_patch_embed(images, weight, None, 4, backend="triton").sum().backward()
+    packed = ak.flexi_patch_embed_packed(list(images.unbind(0)), weight, None, 4, backend="triton")
+    packed.tokens.sum().backward()
+    assert devices == [images.device] * 6
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 import adaptkern as ak
 from adaptkern.ops import pi_resize as ops
 
+from helpers import assert_rel_close
+
 CUBIC_A = -0.75  # PyTorch's bicubic; its antialiased bicubic uses -0.5 (as PIL)
 
 
@@ -173,6 +175,22 @@ def test_pi_resize_identity_cache_and_dtypes():
     ak.pi_resize(weight, (6, 5)).sum().backward()
     torch.testing.assert_close(weight.grad.double(), oracle_pi_resize_matrix((4, 4), (6, 5)).sum(0).expand(6, 3, 16)
                                .reshape(6, 3, 4, 4), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("interpolation,antialias", MODES[::3])
+def test_pi_resize_stays_float32_under_autocast(interpolation, antialias):
+    """bf16 autocast must not lower the resize's mm (nor its gradient) to 16 bits."""
+    weight = torch.randn(6, 3, 8, 8, requires_grad=True)
+    grad_out = torch.randn(6, 3, 12, 12, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ak.pi_resize(weight, 12, interpolation=interpolation, antialias=antialias)
+    (out.double() * grad_out).sum().backward()
+    w = weight.detach().double().requires_grad_()
+    expected = oracle_pi_resize(w, (12, 12), interpolation, antialias)
+    (expected * grad_out).sum().backward()
+    assert out.dtype == torch.float32
+    assert_rel_close(out, expected, name="out")
+    assert_rel_close(weight.grad, w.grad, name="weight.grad")
 
 
 def test_resize_errors_name_the_argument():

@@ -29,8 +29,8 @@ def shape_curve(rng, size=30):
     return truth, compute, truth.predict(compute) * np.exp(rng.normal(0, 0.002, size))
 
 
-def test_fit_shape_writes_json_and_png(tmp_path, capsys):
-    rng = np.random.default_rng()
+def test_fit_shape_writes_json_and_png(tmp_path, capsys, seed):
+    rng = np.random.default_rng(seed)
     truth, compute, loss = shape_curve(rng)
     path = write_csv(tmp_path / "curve.csv", {"compute": compute, "loss": loss})
     assert main(["fit", path, "--law", "shape", "--out", str(tmp_path / "out"), "--n-boot", "30"]) == 0
@@ -46,8 +46,8 @@ def test_fit_shape_writes_json_and_png(tmp_path, capsys):
     assert png.startswith(PNG_MAGIC) and len(png) > 20_000
 
 
-def test_fit_overtraining_with_where_group_and_compute_column(tmp_path, capsys):
-    rng = np.random.default_rng()
+def test_fit_overtraining_with_where_group_and_compute_column(tmp_path, capsys, seed):
+    rng = np.random.default_rng(seed)
     truth = OvertrainingLaw(E=1.8, a=200.0, b=350.0, eta=0.14)
     N = np.repeat(np.geomspace(1e7, 4e8, 5), 3)
     D = N * np.tile([20.0, 80.0, 320.0], 5)
@@ -59,7 +59,9 @@ def test_fit_overtraining_with_where_group_and_compute_column(tmp_path, capsys):
     args = ["fit", path, "--law", "overtraining", "--where", "dataset=mine", "--columns", "N=n params", "C=flops",
             "loss=val loss", "--n-boot", "0", "--out", str(tmp_path)]
     assert main(args) == 0
-    law = ScalingLaw.from_json((tmp_path / "runs_overtraining.json").read_text())
+    saved = json.loads((tmp_path / "runs_overtraining.json").read_text())
+    assert saved["data"]["columns"] == {"N": "n params", "C": "flops", "loss": "val loss"}
+    law = ScalingLaw.from_dict(saved)
     assert law.eta == pytest.approx(truth.eta, abs=0.02) and law.E == pytest.approx(truth.E, rel=0.03)
     assert "E" in capsys.readouterr().out
 
@@ -68,8 +70,8 @@ def test_fit_overtraining_with_where_group_and_compute_column(tmp_path, capsys):
     assert "3 data points cannot determine 4 parameters" in capsys.readouterr().err
 
 
-def test_fit_groups_write_one_law_per_shape(tmp_path):
-    rng = np.random.default_rng()
+def test_fit_groups_write_one_law_per_shape(tmp_path, seed):
+    rng = np.random.default_rng(seed)
     (t1, c1, l1), (t2, c2, l2) = shape_curve(rng, 20), shape_curve(rng, 20)
     path = write_csv(tmp_path / "shapes.csv", {"patch": [16] * 20 + [32] * 20, "compute": [*c1, *c2],
                                                "loss": [*l1, *l2]})

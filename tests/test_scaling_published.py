@@ -72,9 +72,14 @@ def test_gadre_bootstrap_intervals_contain_the_fit():
         warnings.simplefilter("ignore", scaling.ConvergenceWarning)
         law = scaling.fit_overtraining(column(rows, "params_N"), column(rows, "tokens_D"),
                                        column(rows, "loss_c4_val"), n_boot=40, seed=0, progress=False)
-    assert law.fit_info["n_boot"] == 40 and law.fit_info["n_boot_failed"] < 40
+    # Four of the five runs share M = 1: about 1 in 5 usable resamples leaves out the one
+    # run at M = 16, cannot tell a from b, and must count as failed (not as a wild refit).
+    assert law.fit_info["n_boot"] == 40 and 0 < law.fit_info["n_boot_failed"] < 20
     for name, (low, high) in law.intervals.items():
         assert low <= getattr(law, name) <= high, name
+    # Every refit that counts separates a and b: both come out positive in every replica.
+    assert law.intervals["a"][0] > 0 and law.intervals["b"][0] > 0
+    assert np.all(law.boot_params[:, 1:3] > 0)
 
 
 @pytest.fixture(scope="module")
@@ -125,13 +130,13 @@ def test_epoch_bootstrap_and_compute_optimal(epoch_fit):
     assert low < N_opt < high
 
 
-def test_epoch_bootstrap_refit_reaches_the_resample_optimum(epoch_fit):
+def test_epoch_bootstrap_refit_reaches_the_resample_optimum(epoch_fit, seed):
     # Bootstrap refits start at the point fit instead of the 4500-start grid; they must
     # still reach each resample's own optimum, at least as low as a cold multi-start fit.
     from adaptkern.scaling.chinchilla import _refit
 
     law, (N, D, loss) = epoch_fit
-    idx = np.random.default_rng().integers(0, len(N), len(N))
+    idx = np.random.default_rng(seed).integers(0, len(N), len(N))
     params, converged = _refit([N[idx], D[idx], loss[idx]], law, delta=1e-3)
     warm = scaling.ChinchillaLaw(**dict(zip(law.param_names, params)))
     grid = {"a": [0.0, 10.0], "b": [0.0, 10.0], "e": [-1.0, 0.5], "alpha": [0.0, 0.5], "beta": [0.0, 0.5]}

@@ -256,7 +256,7 @@ def test_bad_input():
 
     cases = [
         (dict(laws={}, target_loss=1.5), ValueError, "laws"),
-        (dict(laws=[good["a"]], target_loss=1.5), ValueError, "laws"),
+        (dict(laws=[good["a"]], target_loss=1.5), TypeError, r"^adaptkern\.schedule\.optimal_schedule: laws must be"),
         (dict(laws={"x": NoInverse()}, target_loss=1.5), ValueError, r"laws\['x'\] lacks inverse, d_inverse"),
         (dict(laws={"x": NoAsymptote()}, target_loss=1.5), ValueError, r"laws\['x'\] lacks c"),
         (dict(laws=good, target_loss=0.0), ValueError, "target_loss"),
@@ -268,6 +268,8 @@ def test_bad_input():
         (dict(laws=good, target_loss=5.0), ValueError, "target_loss.*nothing to train"),
         (dict(laws=good, target_loss=1.5, switch_cost=-1.0), ValueError, "switch_cost"),
         (dict(laws={"a": PowerLaw(1.0, 1.0, 0.5)}, target_loss=1.5), ValueError, "start_loss"),
+        (dict(laws=good, target_loss=1.5, grid_size=100.0), TypeError, "grid_size must be an int >= 16, got float"),
+        (dict(laws=good, target_loss=1.5, grid_size=8), ValueError, "grid_size must be an int >= 16, got 8"),
     ]
     for kwargs, error, message in cases:
         with pytest.raises(error, match=message):

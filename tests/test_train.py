@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from adaptkern import _checks
 from adaptkern.flops import FlopLedger
 from adaptkern.train import (ImageFolderData, LMTask, RunConfig, ShapeSchedule, SyntheticCopyText, SyntheticGlyphs,
                              TextFileData, VisionTask, train_run)
@@ -182,6 +183,43 @@ def test_budget_and_target_stop(tmp_path, seed):
     stop = train_run(task, ShapeSchedule.static("p8"), config(budget=10**15, eval_points=(per_step,),
                                                               stop_at_loss=1e9), tmp_path / "target")
     assert stop.stopped == "target" and stop.steps == 1
+
+
+def test_resume_from_a_checkpoint_with_one_flop_cache(tmp_path, seed):
+    """Checkpoints written before the per-rank FLOP caches (one cache in run_state) resume."""
+    task = vit_task(seed)
+    full = train_run(task, ShapeSchedule.static("p8"), config(max_steps=4, seed=seed), tmp_path / "full")
+    train_run(task, ShapeSchedule.static("p8"), config(max_steps=2, seed=seed), tmp_path / "old")
+    path = tmp_path / "old" / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=False)
+    (cache,) = ckpt.pop("flop_caches")
+    assert cache  # the signature measured at step 0
+    ckpt["run_state"]["flop_cache"] = cache
+    torch.save(ckpt, path)
+    resumed = train_run(task, ShapeSchedule.static("p8"), config(max_steps=4, seed=seed), tmp_path / "old")
+    assert resumed.steps == 4 and resumed.ledger == full.ledger and resumed.compute == full.compute
+
+
+def test_the_loop_skips_host_value_checks_and_restores_the_setting(tmp_path, monkeypatch, seed):
+    """The models build cu_seqlens from Python ints, so the loop turns the value checks (one
+    host sync per attention call on a GPU) off, and restores the caller's setting after."""
+    calls = []
+    original = _checks._check_cu_values
+    monkeypatch.setattr(_checks, "_check_cu_values", lambda *a: calls.append(a[0]) or original(*a))
+    for task, shape in ((vit_task(seed), "p8"), (lm_task(seed), "ctx8")):
+        batch = task.train_batch(0, shape, 0, 1, "cpu")
+        task.loss(task.build_model(seed), batch, shape)
+        assert calls  # outside the loop the checks are on
+        calls.clear()
+        run = train_run(task, ShapeSchedule.static(shape), config(max_steps=2, eval_points=(1,)), tmp_path / shape)
+        assert run.steps == 2 and len(run.evals) == 1 and calls == []
+        assert _checks._validate_override is None
+        _checks.set_validation(True)
+        try:
+            train_run(task, ShapeSchedule.static(shape), config(max_steps=1), tmp_path / f"{shape}-on")
+            assert _checks._validate_override is True and calls == []
+        finally:
+            _checks.set_validation(None)
 
 
 # -- sweep ---------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The training loop under DistributedDataParallel: 2 CPU processes (gloo) training on
 rank shards of each global batch end with the parameters, eval losses and summed FLOP
-ledger of one process training on the whole batch."""
+ledger of one process training on the whole batch; a resumed run books every rank's own
+FLOPs even when the ranks' counts differ."""
 
 import datetime
 import os
@@ -10,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from adaptkern.flops import FlopLedger
-from adaptkern.train import RunConfig, ShapeSchedule, SyntheticGlyphs, VisionTask, train_run
+from adaptkern.train import RunConfig, ShapeSchedule, SyntheticGlyphs, VisionTask, distributed, train_run
 
 # base patch 4 = the trained patch: no PI-resize matmul, which every rank would count once
 # per call (a real per-process cost, but it would break the equality checked here).
@@ -73,3 +74,45 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path, seed):
             # blows up to +-lr steps of either sign. Compare the query and value biases.
             a, b = torch.cat([a[:dim], a[2 * dim:]]), torch.cat([b[:dim], b[2 * dim:]])
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=key)
+
+
+class _UnevenTask:
+    """A task whose rank 1 spends an extra (constant) matmul in every loss: the ranks' FLOP
+    counts differ, as they may for any per-rank work the signature does not show."""
+
+    def __init__(self, task):
+        self._task = task
+
+    def __getattr__(self, name):
+        return getattr(self._task, name)
+
+    def loss(self, model, batch, shape, **kwargs):
+        loss = self._task.loss(model, batch, shape, **kwargs)
+        if distributed.rank() == 1:
+            loss = loss + 0 * (torch.ones(16, 16) @ torch.ones(16, 16)).sum()
+        return loss
+
+
+def _uneven_worker(rank, world_size, init_file, out, seed):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=120))
+    try:
+        for folder, steps in (("straight", [4]), ("resumed", [2, 4])):
+            for max_steps in steps:
+                config = RunConfig(budget=10**15, seed=seed, max_steps=max_steps, n_evals=0, warmup_steps=2,
+                                   progress=False)
+                train_run(_UnevenTask(_task(seed)), ShapeSchedule.static("p4"), config, os.path.join(out, folder))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_resume_books_each_ranks_own_flops(tmp_path, seed):
+    os.environ.pop("WORLD_SIZE", None)
+    mp.spawn(_uneven_worker, args=(2, str(tmp_path / "init"), str(tmp_path), seed), nprocs=2, join=True)
+    straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
+    resumed = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    ranks = [FlopLedger.from_dict(d) for d in straight["ledgers"]]
+    assert ranks[1].total(phase="forward") == ranks[0].total(phase="forward") + 4 * 2 * 16**3  # the extra matmul
+    assert [FlopLedger.from_dict(d) for d in resumed["ledgers"]] == ranks
+    assert resumed["run_state"]["compute"] == straight["run_state"]["compute"]

@@ -4,13 +4,15 @@ schedule parser."""
 
 import math
 import random
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from adaptkern.cli.train import parse_schedule
-from adaptkern.train.adaptive import choose_target, first_crossing
+from adaptkern.train import adaptive
+from adaptkern.train.adaptive import choose_target, first_crossing, fit_laws
 from adaptkern.train.report import compare
 from adaptkern.train.schedule import ShapeSchedule
 
@@ -72,6 +74,54 @@ def test_verdict_claim_follows_the_numbers(seed, adaptive_factor):
     assert compare({"a": None}, 1e9)["adaptive_wins"] is True
 
 
+def test_verdict_claims_nothing_from_a_first_eval_upper_bound():
+    """Both runs already below the target at their first eval: their FLOPs to target are
+    only upper bounds (the eval spacing), so no saving and no winner are claimed."""
+    target = 2.0
+    static, static_how = first_crossing(_evals([1.25e9, 1e10], [1.9, 1.2]), target)
+    ours, ours_how = first_crossing(_evals([1.02e9, 1e10], [1.95, 1.1]), target)
+    assert static_how == ours_how == "at first eval"
+    v = compare({"p4": static, "p8": None}, ours, static_how={"p4": static_how, "p8": "not reached"},
+                adaptive_how=ours_how)
+    assert v["savings"] is None and v["adaptive_wins"] is None
+    assert "first eval" in v["claim"] and "no comparison" in v["claim"] and "fewer" not in v["claim"]
+    # one side an upper bound is enough
+    for how in ({"static_how": {"p4": "at first eval"}, "adaptive_how": "interpolated"},
+                {"static_how": {"p4": "interpolated"}, "adaptive_how": "at first eval"}):
+        v = compare({"p4": 1.25e9}, 1.02e9, **how)
+        assert v["savings"] is None and v["adaptive_wins"] is None and "first eval" in v["claim"]
+    # interpolated on both sides: the comparison stands
+    v = compare({"p4": 1.25e9}, 1.02e9, static_how={"p4": "interpolated"}, adaptive_how="interpolated")
+    assert v["adaptive_wins"] is True and math.isclose(v["savings"], 1 - 1.02 / 1.25)
+    # an upper bound beside a run that never reached the target still decides it
+    assert compare({"p4": 1.25e9}, None, static_how={"p4": "at first eval"})["adaptive_wins"] is False
+    assert compare({"p4": None}, 1e9, adaptive_how="at first eval")["adaptive_wins"] is True
+
+
+def test_verdict_without_an_adaptive_run():
+    v = compare({"a": 1e10, "b": None}, None, no_adaptive_run="no law could be fitted")
+    assert v["adaptive_wins"] is None and v["savings"] is None
+    assert v["claim"] == "no adaptive run: no law could be fitted"
+    assert v["best_static_shape"] == "a" and v["best_static_flops"] == 1e10
+
+
+def test_fit_laws_plans_only_with_clean_fits(monkeypatch):
+    """A fit that did not converge or warned is reported under fit errors and is not a law."""
+    def fake_fit(compute, loss):
+        kind = {3.0: "clean", 2.0: "unconverged", 1.0: "warned"}[float(loss[0])]
+        if kind == "warned":
+            warnings.warn("covariance of the parameters could not be estimated")
+        return SimpleNamespace(kind=kind, fit_info={"converged": kind != "unconverged", "message": "max iter"})
+
+    monkeypatch.setattr(adaptive, "fit_shape_law", fake_fit)
+    records = {s: {"evals": _evals([1e9, 1e10, 1e11], [loss, 0.5, 0.4])}
+               for s, loss in (("clean", 3.0), ("unconverged", 2.0), ("warned", 1.0))}
+    laws, errors = fit_laws(records)
+    assert list(laws) == ["clean"] and laws["clean"].kind == "clean"
+    assert set(errors) == {"unconverged", "warned"}
+    assert "did not converge" in errors["unconverged"] and "warned" in errors["warned"]
+
+
 def test_schedule_from_plan_and_shape_at():
     seg = lambda shape, compute, end: SimpleNamespace(shape=shape, compute=compute, compute_end=end)
     plan = SimpleNamespace(segments=[seg("p16", 1e-3, 1e-3), seg("p8", 1e11, 1e11), seg("p4", 5e10, 1.5e11)],
@@ -91,3 +141,5 @@ def test_parse_schedule():
         parse_schedule("p16,p8")
     with pytest.raises(ValueError, match="not a number"):
         parse_schedule("p16:lots,p8")
+    with pytest.raises(ValueError, match="^--schedule: .*increase"):
+        parse_schedule("p16:2e10,p8:1e10,p4")

@@ -3,6 +3,7 @@ formula, the custom ops (opcheck, torch.compile, FlopCounterMode), the flash-att
 and input validation. Triton kernels: tests/test_varlen_attention_triton.py."""
 
 import inspect
+import os
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import adaptkern as ak
+from adaptkern import _backend, _checks
 from adaptkern.flops.varlen_attention import allowed_pairs, attention_backward_flops, attention_flops
 
 from helpers import assert_rel_close
@@ -219,8 +221,10 @@ def test_flop_counter_on_meta_tensors_uses_the_max_seqlen_bound():
 
 def test_attention_flops_rejects_bad_input():
     cu = torch.tensor([0, 3], dtype=torch.int32)
-    with pytest.raises(ValueError, match="window_size left must be an int >= -1"):
+    with pytest.raises(ValueError, match="window_size left must be >= -1"):
         attention_flops(cu, cu, 1, 8, window_size=(-2, 0))
+    with pytest.raises(TypeError, match="window_size right must be an int, got float"):
+        attention_flops(cu, cu, 1, 8, window_size=(1, 2.0))
     with pytest.raises(ValueError, match="same batch"):
         attention_flops(cu, torch.tensor([0, 1, 2], dtype=torch.int32), 1, 8)
     with pytest.raises(ValueError, match="non-decreasing"):
@@ -345,7 +349,47 @@ def test_bad_input_names_the_argument():
     raises(ValueError, "window_size left must be >= -1", q, k, v, cu_q, cu_k, max_q, max_k, window_size=(-2, 0))
     raises(ValueError, "window_size right must be >= -1", q, k, v, cu_q, cu_k, max_q, max_k, window_size=(1, -5))
     raises(ValueError, "window_size must be a pair", q, k, v, cu_q, cu_k, max_q, max_k, window_size=3)
+    raises(TypeError, "window_size right must be an int, got float", q, k, v, cu_q, cu_k, max_q, max_k,
+           window_size=(1, 2.0))
     raises(TypeError, "softmax_scale must be a float", q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale="x")
     raises(ValueError, "softmax_scale must be finite", q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=float("nan"))
     raises(TypeError, "causal must be a bool", q, k, v, cu_q, cu_k, max_q, max_k, causal=1)
     raises(ValueError, "backend must be one of", q, k, v, cu_q, cu_k, max_q, max_k, backend="flash")
+
+
+def test_self_attention_reads_cu_seqlens_once(monkeypatch):
+    # cu_seqlens_k is cu_seqlens_q: one value check (one host sync), not two.
+    monkeypatch.setenv("ADAPTKERN_VALIDATE", "1")
+    checked = []
+    check_values = _checks._check_cu_values
+    monkeypatch.setattr(_checks, "_check_cu_values",
+                        lambda op, name, *args: checked.append(name) or check_values(op, name, *args))
+    q, k, v, cu, _, max_seqlen, _ = make_batch([3, 0, 5], [3, 0, 5], 2, 1, 8, torch.float32)
+    ak.varlen_attention(q, k, v, cu, cu, max_seqlen, max_seqlen)
+    assert checked == ["cu_seqlens_q"]
+    checked.clear()
+    ak.varlen_attention(q, k, v, cu, cu.clone(), max_seqlen, max_seqlen)
+    assert checked == ["cu_seqlens_q", "cu_seqlens_k"]
+    # The same tensor against other totals or bounds is still checked as cu_seqlens_k.
+    with pytest.raises(ValueError, match=r"cu_seqlens_k\[-1\]=8 must equal k.shape\[0\]=7"):
+        ak.varlen_attention(q, k[:7], v[:7], cu, cu, max_seqlen, max_seqlen)
+    with pytest.raises(ValueError, match="max_seqlen_k=4 is smaller than the longest sequence in cu_seqlens_k"):
+        ak.varlen_attention(q, k, v, cu, cu, max_seqlen, 4)
+
+
+def test_default_backend_runs_float64_on_the_reference(monkeypatch):
+    # On CUDA tensors the default is triton, which has no float64 kernels: float64 goes to the
+    # reference unless triton was asked for (backend= or ADAPTKERN_BACKEND), which raises.
+    def resolve_as_on_cuda(backend, device, *, op, **kwargs):
+        return backend if backend is not None else (os.environ.get(_backend.ENV_VAR) or "triton")
+
+    monkeypatch.setattr(_backend, "resolve_backend", resolve_as_on_cuda)
+    monkeypatch.delenv(_backend.ENV_VAR, raising=False)
+    q, k, v, cu_q, cu_k, max_q, max_k = make_batch([3, 4], [2, 5], 2, 1, 8, torch.float64)
+    expected = ak.varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, backend="reference")
+    torch.testing.assert_close(ak.varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k), expected, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="backend='triton' supports float16, bfloat16 and float32"):
+        ak.varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, backend="triton")
+    monkeypatch.setenv(_backend.ENV_VAR, "triton")
+    with pytest.raises(TypeError, match="backend='triton' supports float16, bfloat16 and float32"):
+        ak.varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k)

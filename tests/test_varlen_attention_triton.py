@@ -13,16 +13,20 @@ from hypothesis import strategies as st
 
 import adaptkern as ak
 from adaptkern import _backend
+from adaptkern.ops import varlen_attention as varlen_ops
 from adaptkern.kernels import varlen_attention as fwd_kernels
 from adaptkern.kernels import varlen_attention_bwd as bwd_kernels
-from adaptkern.reference.varlen_attention import varlen_attention_backward, varlen_attention_forward
+from adaptkern.flops.varlen_attention import allowed_pairs
+from adaptkern.reference.varlen_attention import allowed_mask, varlen_attention_backward, varlen_attention_forward
 
 from helpers import assert_as_accurate_as_torch, assert_rel_close, compile_for_gpu
+from test_pack import record_launch_devices
 from test_varlen_attention import MASKS, make_batch, random_lengths
 
 pytestmark = pytest.mark.interpret
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+INT32_MAX = 2**31 - 1  # what callers pass as a window meaning "unbounded"
 
 
 def _run(backend, q, k, v, cu_q, cu_k, max_q, max_k, dout, dlse, **mask):
@@ -132,6 +136,8 @@ def test_gpu_tile_sizes(device):
 
 
 def test_backward_is_deterministic_and_handles_strided_inputs(device):
+    """Two backward runs agree bit for bit. Under the interpreter that holds by construction
+    (programs run one after another), so the determinism half tests something only on a GPU."""
     lengths = [33, 0, 18]
     q, k, v, cu_q, cu_k, max_q, max_k = make_batch(lengths, lengths, 2, 1, 24, torch.bfloat16, device)
     # Non-contiguous views: q from a wider buffer, k / v interleaved in one (total, 2, Hkv, D) tensor.
@@ -149,6 +155,65 @@ def test_backward_is_deterministic_and_handles_strided_inputs(device):
     assert_rel_close(first[0], expected[0], torch.bfloat16, name="out")
     for name, g, g_ref in zip(("dq", "dk", "dv"), first[2], expected[2]):
         assert_rel_close(g, g_ref, torch.bfloat16, name=name)
+
+
+def test_inputs_whose_last_dim_is_strided(device):
+    """q / k / v with stride(-1) != 1 (views of a (total, D, H) buffer): the launchers copy
+    them, in the forward and again in the backward, which gets the saved views."""
+    lengths_q, lengths_k = [17, 0, 9, 1], [12, 5, 9, 0]
+    q, k, v, cu_q, cu_k, max_q, max_k = make_batch(lengths_q, lengths_k, 4, 2, 24, torch.float32, device)
+    q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
+    assert all(x.stride(-1) != 1 for x in (q, k, v))
+    dout, dlse = torch.randn(q.shape, device=device), torch.randn(4, q.shape[0], device=device)
+    mask = dict(causal=True, window_size=(5, -1))
+    out, lse, got = _run("triton", q, k, v, cu_q, cu_k, max_q, max_k, dout, dlse, **mask)
+    out_ref, lse_ref, expected = _run("reference", q.double(), k.double(), v.double(), cu_q, cu_k, max_q, max_k,
+                                      dout.double(), dlse.double(), **mask)
+    finite = torch.isfinite(lse_ref)
+    assert torch.equal(finite, torch.isfinite(lse))
+    assert_rel_close(lse[finite], lse_ref[finite], torch.float32, name="lse")
+    assert_rel_close(out, out_ref, torch.float32, name="out")
+    for name, g, g_ref in zip(("dq", "dk", "dv"), got, expected):
+        assert_rel_close(g, g_ref, torch.float32, name=name)
+
+
+@pytest.mark.parametrize("causal,window_size", [
+    (False, (INT32_MAX, INT32_MAX)), (False, (-1, INT32_MAX)), (False, (INT32_MAX, -1)), (True, (INT32_MAX, -1)),
+    (True, (INT32_MAX, INT32_MAX)), (False, (3, INT32_MAX)), (False, (INT32_MAX, 2)),
+])
+def test_huge_windows_mean_unbounded(causal, window_size, device):
+    # int32 row + diag +- window would wrap in the kernels and blank whole rows.
+    check_against_reference([20, 7, 0, 13], [10, 16, 3, 13], (2, 1), 16, torch.float32, causal, window_size, device,
+                            lse_grad=True)
+
+
+def test_reachable_window_drops_only_sides_that_cut_nothing():
+    """The launchers' normalisation leaves every sequence's mask as it was, for every length
+    up to max_seqlen, and turns a huge window into an unbounded one."""
+    for max_q in range(5):
+        for max_k in range(5):
+            for left in range(-1, max_k + 2):
+                for right in range(-1, max_q + 2):
+                    new_left, new_right = fwd_kernels.reachable_window(left, right, max_q, max_k)
+                    for len_q in range(max_q + 1):
+                        for len_k in range(max_k + 1):
+                            assert torch.equal(allowed_mask(len_q, len_k, new_left, new_right),
+                                               allowed_mask(len_q, len_k, left, right)), \
+                                (left, right, max_q, max_k, len_q, len_k)
+    assert fwd_kernels.reachable_window(INT32_MAX, INT32_MAX, 20, 10) == (-1, -1)
+    assert fwd_kernels.reachable_window(8, 18, 20, 10) == (8, 18)  # both still cut a key
+    # The FLOP count is of the allowed pairs, which a huge window leaves as an unbounded one does.
+    lengths_q, lengths_k = [20, 7, 0, 13], [10, 16, 3, 13]
+    assert allowed_pairs(lengths_q, lengths_k, window_size=(INT32_MAX, INT32_MAX)) == \
+        allowed_pairs(lengths_q, lengths_k)
+
+
+def test_launches_run_under_the_device_guard(monkeypatch, device):
+    """The forward and backward launches enter the guard for q's device; results unchanged."""
+    devices = record_launch_devices(monkeypatch, varlen_ops)
+    check_against_reference([7, 0, 12], [7, 0, 12], (2, 1), 16, torch.float32, True, (-1, -1), device,
+                            lse_grad=True)
+    assert devices == [torch.device(device)] * 2
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -202,15 +267,16 @@ def _signature(kernel, data_type):
     return signature
 
 
-def kernel_specs(dtype, head_dim):
-    """Specs of the three attention kernels with the tiles the launchers pick on a GPU."""
+def kernel_specs(dtype, head_dim, *, masked=True):
+    """Specs of the three attention kernels with the tiles the launchers pick on a GPU; with
+    both window sides (masked) or neither (no window, not causal: the default call)."""
     data_type = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
     bwd_cfg = bwd_kernels.bwd_config(head_dim, dtype, interpret=False)
     kernels = [(fwd_kernels, "_fwd_kernel", fwd_kernels.fwd_config(head_dim, dtype, interpret=False)),
                (bwd_kernels, "_dkdv_kernel", bwd_cfg["dkdv"]), (bwd_kernels, "_dq_kernel", bwd_cfg["dq"])]
     specs = []
     for module, name, cfg in kernels:
-        constexprs = dict(HAS_LEFT=True, HAS_RIGHT=True, BLOCK_D=fwd_kernels.head_block(head_dim))
+        constexprs = dict(HAS_LEFT=masked, HAS_RIGHT=masked, BLOCK_D=fwd_kernels.head_block(head_dim))
         constexprs.update((key, value) for key, value in cfg.items() if key != "num_warps")
         specs.append((module.__name__, name, _signature(getattr(module, name), data_type), constexprs))
     return specs
@@ -218,23 +284,28 @@ def kernel_specs(dtype, head_dim):
 
 @pytest.mark.slow
 def test_kernels_compile_for_gpu():
-    """Every kernel in bf16 and fp32, head dims 64 / 128 / 256, with the launchers' GPU tiles:
-    codegen succeeds, shared memory fits, and bf16 matmuls use tensor cores. float32 (IEEE:
-    FMA on every arch, the same shared memory on sm_90) is compiled for sm_80 only, the
-    tighter limit."""
-    archs = {torch.bfloat16: (80, 90), torch.float32: (80,)}
-    groups = []
-    for dtype, data_type in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
+    """Every kernel in bf16 and fp32, head dims 64 / 128 / 256, with the launchers' GPU tiles,
+    both window sides on; at D=128 also without a window (the default path) in bf16, fp32 and
+    fp16: codegen succeeds, shared memory fits, and bf16 / fp16 matmuls use tensor cores.
+    float32 (IEEE: FMA on every arch, the same shared memory on sm_90) and fp16 (bf16's twin)
+    are compiled for sm_80 only, the tighter limit."""
+
+    def specs_of(dtype, data_type):
         specs = [spec for head_dim in (64, 128, 256) for spec in kernel_specs(dtype, head_dim)]
+        specs += kernel_specs(dtype, 128, masked=False)
         specs.append((bwd_kernels.__name__, "_preprocess_kernel", _signature(bwd_kernels._preprocess_kernel, data_type),
                       dict(HAS_DLSE=True, BLOCK_M=64, BLOCK_D=256)))
-        groups.append((dtype, specs))
-    # One compiler process per dtype, both at once: about the same work each.
+        return [(dtype, spec) for spec in specs]
+
+    fp16 = [(torch.float16, spec) for spec in kernel_specs(torch.float16, 128, masked=False)]
+    # One compiler process per group, both at once: about the same work each.
+    groups = [((80, 90), specs_of(torch.bfloat16, "bf16")), ((80,), specs_of(torch.float32, "fp32") + fp16)]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        compiled = list(pool.map(lambda group: compile_for_gpu(group[1], archs=archs[group[0]]), groups))
-    for (dtype, specs), results in zip(groups, compiled):
-        assert len(results) == len(archs[dtype]) * len(specs)
-        for result in results:
+        compiled = list(pool.map(lambda group: compile_for_gpu([spec for _, spec in group[1]], archs=group[0]), groups))
+    for (archs, specs), results in zip(groups, compiled):
+        assert len(results) == len(archs) * len(specs)
+        dtypes = [dtype for dtype, _ in specs for _ in archs]  # results run over archs within each spec
+        for dtype, result in zip(dtypes, results):
             assert result["shared"] <= SHARED_LIMIT[result["arch"]], result
-            if dtype == torch.bfloat16 and result["kernel"] != "_preprocess_kernel":
-                assert result["mma"] or result["wgmma"], f"{result}: bf16 matmuls must use tensor cores"
+            if dtype != torch.float32 and result["kernel"] != "_preprocess_kernel":
+                assert result["mma"] or result["wgmma"], f"{dtype} {result}: matmuls must use tensor cores"

@@ -26,6 +26,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .._io import atomic_write
 from .peaks import fractions
 from .timing import gbps, time_ms, tflops
 
@@ -277,11 +278,6 @@ def validate(data: dict) -> dict:
 def write_results(data: dict, out_dir, path=None) -> str:
     """Validate and write ``data`` to ``path`` (default: a new ``results_path`` in ``out_dir``),
     atomically; returns the path."""
+    text = json.dumps(validate(data), indent=1) + "\n"
     os.makedirs(out_dir, exist_ok=True)
-    path = path or results_path(out_dir, data["meta"])
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(validate(data), f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path or results_path(out_dir, data["meta"]), lambda f: f.write(text), text=True)

@@ -21,7 +21,7 @@ def run(args) -> int:
             law = scaling.FITS[args.law](**columns, n_boot=args.n_boot, seed=args.seed, confidence=args.confidence)
             name = f"{stem}_{args.law}" + (f"_{_slug(value)}" if value is not None else "")
             json_path, png_path = os.path.join(args.out, name + ".json"), os.path.join(args.out, name + ".png")
-            _write_json(law, json_path, args, value)
+            _write_json(law, json_path, args, overrides, value)
             scaling.plot_fit(law, columns, png_path, title=None if value is None else f"{args.group} = {value}")
             _report(law, value, args.group, json_path, png_path)
     except (ValueError, OSError) as error:
@@ -53,12 +53,12 @@ def _slug(value):
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(value))
 
 
-def _write_json(law, path, args, group_value):
+def _write_json(law, path, args, overrides, group_value):
     import json
 
     payload = law.to_dict()
     payload["data"] = {"csv": os.path.abspath(args.data), "where": list(args.where or ()),
-                       "columns": dict(_parse_columns(args.columns)), "group": args.group, "group_value": group_value}
+                       "columns": overrides, "group": args.group, "group_value": group_value}
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
         f.write("\n")

@@ -5,32 +5,31 @@ import json
 import sys
 
 
-def _size(text: str):
-    """'224' -> 224, '224x160' -> (224, 160)."""
+def _size(text: str, option: str):
+    """'224' -> 224, '224x160' -> (224, 160); errors name ``option``."""
     try:
         if "x" in text:
             h, w = text.split("x", 1)
             return int(h), int(w)
         return int(text)
     except ValueError:
-        raise ValueError(f"expected a size like 224 or 224x160, got {text!r}") from None
+        raise ValueError(f"{option}: expected a size like 224 or 224x160, got {text!r}") from None
 
 
 def run(args) -> int:
+    from adaptkern._io import atomic_write
     from adaptkern.flops.report import flops_report, format_report, plot_report
 
     try:
-        image_size = None if args.image_size is None else _size(args.image_size)
-        resolutions = None if args.resolutions is None else [_size(r) for r in args.resolutions]
+        image_size = None if args.image_size is None else _size(args.image_size, "--image-size")
+        resolutions = None if args.resolutions is None else [_size(r, "--resolutions") for r in args.resolutions]
         report = flops_report(args.model, patch_sizes=args.patch_sizes, image_size=image_size,
                               context_lengths=args.context_lengths, batch_size=args.batch_size,
                               resolutions=resolutions, mixed_lengths=args.mixed_lengths, compute=args.compute,
                               progress=not args.no_progress and not args.json)
         data = report.to_dict()
         if args.out:
-            with open(args.out, "w") as f:
-                json.dump(data, f, indent=1)
-                f.write("\n")
+            atomic_write(args.out, lambda f: f.write(json.dumps(data, indent=1) + "\n"), text=True)
         if args.json:
             print(json.dumps(data, indent=1))
         else:

@@ -22,7 +22,10 @@ def parse_schedule(text: str):
             raise ValueError(f"--schedule: {end!r} in {part!r} is not a number of FLOPs") from None
     if not segments:
         raise ValueError("--schedule: empty")
-    return ShapeSchedule(tuple(segments))
+    try:
+        return ShapeSchedule(tuple(segments))
+    except ValueError as error:
+        raise ValueError(f"--schedule: {str(error).replace('ShapeSchedule: ', '')}") from None
 
 
 def run(args) -> int:

@@ -12,35 +12,37 @@ import numbers
 import numpy as np
 import torch
 
+from .._checks import _check_cu_values, lengths_from_cu_seqlens
+from ..reference.varlen_attention import effective_window
+
 _OP = "adaptkern.flops.attention_flops"
 
 
-def _lengths(name, cu_seqlens) -> np.ndarray:
+def _lengths(name, cu_seqlens) -> list:
     if isinstance(cu_seqlens, torch.Tensor):
         if cu_seqlens.dim() != 1 or cu_seqlens.dtype.is_floating_point or cu_seqlens.dtype.is_complex:
             raise ValueError(f"{_OP}: {name} must be a 1-D integer tensor, got {cu_seqlens.dtype} "
                              f"of shape {tuple(cu_seqlens.shape)}")
-        values = cu_seqlens.detach().to("cpu", torch.int64).numpy()
+        values = cu_seqlens.detach().to("cpu", torch.int64)  # the one host copy; the checks below read it
     else:
-        values = np.asarray(list(cu_seqlens), dtype=np.int64)
-    if values.ndim != 1 or values.size < 1:
+        values = torch.tensor(list(cu_seqlens), dtype=torch.int64)
+    if values.dim() != 1 or values.numel() < 1:
         raise ValueError(f"{_OP}: {name} must hold at least one entry (0)")
-    if values[0] != 0:
-        raise ValueError(f"{_OP}: {name}[0] must be 0, got {values[0]}")
-    lengths = np.diff(values)
-    if (lengths < 0).any():
-        raise ValueError(f"{_OP}: {name} must be non-decreasing")
-    return lengths
+    _check_cu_values(_OP, name, values, None, None, None, None)
+    return lengths_from_cu_seqlens(values)
 
 
-def _window(causal, window_size):
+def check_window(op: str, window_size, causal: bool = False):
+    """Validated ``window_size`` as (left, right) ints with ``causal`` folded into right
+    (-1 = unbounded side): TypeError for a non-int side, ValueError for anything else."""
     if not isinstance(window_size, (tuple, list)) or len(window_size) != 2:
-        raise ValueError(f"{_OP}: window_size must be a pair (left, right), got {window_size!r}")
-    left, right = window_size
-    for side, value in (("left", left), ("right", right)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < -1:
-            raise ValueError(f"{_OP}: window_size {side} must be an int >= -1 (-1 = unbounded), got {value!r}")
-    return int(left), (0 if causal else int(right))
+        raise ValueError(f"{op}: window_size must be a pair (left, right), got {window_size!r}")
+    for side, value in zip(("left", "right"), window_size):
+        if isinstance(value, bool) or not isinstance(value, (numbers.Integral, torch.SymInt)):
+            raise TypeError(f"{op}: window_size {side} must be an int, got {type(value).__name__}")
+        if value < -1:
+            raise ValueError(f"{op}: window_size {side} must be >= -1 (-1 = unbounded), got {value}")
+    return effective_window(causal, int(window_size[0]), int(window_size[1]))
 
 
 def allowed_pairs(lengths_q, lengths_k, *, causal=False, window_size=(-1, -1)) -> int:
@@ -55,7 +57,7 @@ def allowed_pairs(lengths_q, lengths_k, *, causal=False, window_size=(-1, -1)) -
     if lengths_q.shape != lengths_k.shape:
         raise ValueError(f"{_OP}: cu_seqlens_q and cu_seqlens_k describe {lengths_q.size} and "
                          f"{lengths_k.size} sequences; they must describe the same batch")
-    left, right = _window(causal, window_size)
+    left, right = check_window(_OP, window_size, causal)
     if left < 0 and right < 0:
         return int(np.dot(lengths_q, lengths_k))
     seq = np.repeat(np.arange(lengths_q.size), lengths_q)

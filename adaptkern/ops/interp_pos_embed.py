@@ -17,6 +17,7 @@ from .. import _backend, _ext
 from .._checks import DTypeError, check_cu_seqlens, check_int, check_tensor, value_checks_enabled
 from ..flops.interp_pos_embed import interp_pos_embed_flops
 from ..reference import interp_pos_embed as reference
+from .pack import on_device
 
 _OP = "adaptkern.interp_pos_embed"
 _ADD_OP = "adaptkern.add_interp_pos_embed"
@@ -55,7 +56,9 @@ def interp_pos_embed_op(pos_embed: torch.Tensor, grid_sizes: torch.Tensor, cu_se
                         mode: str, antialias: bool, align_corners: bool, backend: str) -> torch.Tensor:
     """pos_embed (Gh, Gw, D) contiguous -> (total, D) in its dtype; sequence i's block starts
     at cu_seqlens[i] (int32, S+1)."""
-    return _run_forward(None, pos_embed, grid_sizes, cu_seqlens, total, 0, mode, antialias, align_corners, backend)
+    with on_device(pos_embed):
+        return _run_forward(None, pos_embed, grid_sizes, cu_seqlens, total, 0, mode, antialias, align_corners,
+                            backend)
 
 
 @interp_pos_embed_op.register_fake
@@ -68,8 +71,9 @@ def add_interp_pos_embed_op(tokens: torch.Tensor, pos_embed: torch.Tensor, grid_
                             cu_seqlens: torch.Tensor, num_prefix_tokens: int, mode: str, antialias: bool,
                             align_corners: bool, backend: str) -> torch.Tensor:
     """tokens (T, D) contiguous + each sequence's resampled grid on its patch tokens, in tokens' dtype."""
-    return _run_forward(tokens, pos_embed, grid_sizes, cu_seqlens, tokens.shape[0], num_prefix_tokens, mode,
-                        antialias, align_corners, backend)
+    with on_device(tokens):
+        return _run_forward(tokens, pos_embed, grid_sizes, cu_seqlens, tokens.shape[0], num_prefix_tokens, mode,
+                            antialias, align_corners, backend)
 
 
 @add_interp_pos_embed_op.register_fake
@@ -87,17 +91,18 @@ def interp_pos_embed_backward_op(grad: torch.Tensor, grid_sizes: torch.Tensor, c
     if backend == "reference":
         return reference.interp_pos_embed_backward(grad, grid_sizes, cu_seqlens, num_prefix_tokens, base_h, base_w,
                                                    **opts)
-    if backend == "triton":
-        return _backend.kernels("interp_pos_embed").interp_backward(
-            grad, grid_sizes, cu_seqlens, base_h, base_w, num_prefix_tokens=num_prefix_tokens, **opts)
-    dim = grad.shape[1]
-    out = grad.new_zeros((base_h, base_w, dim), dtype=torch.float32)
-    if out.numel() and grid_sizes.shape[0] and grad.shape[0]:
-        _ext.cuda_extension().interp_pos_embed_backward(
-            grad.data_ptr(), _CUDA_DTYPE[grad.dtype], out.data_ptr(), grid_sizes.data_ptr(), cu_seqlens.data_ptr(),
-            grid_sizes.shape[0], base_h, base_w, dim, num_prefix_tokens, mode == "bicubic", antialias, align_corners,
-            _ext.stream_handle(grad.device))
-    return out
+    with on_device(grad):
+        if backend == "triton":
+            return _backend.kernels("interp_pos_embed").interp_backward(
+                grad, grid_sizes, cu_seqlens, base_h, base_w, num_prefix_tokens=num_prefix_tokens, **opts)
+        dim = grad.shape[1]
+        out = grad.new_zeros((base_h, base_w, dim), dtype=torch.float32)
+        if out.numel() and grid_sizes.shape[0] and grad.shape[0]:
+            _ext.cuda_extension().interp_pos_embed_backward(
+                grad.data_ptr(), _CUDA_DTYPE[grad.dtype], out.data_ptr(), grid_sizes.data_ptr(),
+                cu_seqlens.data_ptr(), grid_sizes.shape[0], base_h, base_w, dim, num_prefix_tokens, mode == "bicubic",
+                antialias, align_corners, _ext.stream_handle(grad.device))
+        return out
 
 
 @interp_pos_embed_backward_op.register_fake

@@ -6,6 +6,7 @@ the other's backward), and fake impls for torch.compile. Lists of sequences are 
 with one ``torch.cat``.
 """
 
+import contextlib
 import math
 from typing import NamedTuple, Optional, Sequence, Union
 
@@ -39,6 +40,13 @@ def cu_seqlens_from_lengths(lengths, device=None) -> torch.Tensor:
     cu = torch.zeros(lengths.numel() + 1, dtype=torch.int64, device=lengths.device)
     torch.cumsum(lengths, 0, out=cu[1:])
     return cu.to(torch.int32)
+
+
+def on_device(tensor: torch.Tensor):
+    """Context for a kernel launch on ``tensor``: its CUDA device made current (Triton
+    compiles and launches on the current device, and csrc launches in its context), so
+    tensors on cuda:1 work while cuda:0 is current. A no-op off CUDA."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
 def _word_view(x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +94,8 @@ def _run_unpack(packed, cu_seqlens, padded_len, backend):
 @torch.library.custom_op("adaptkern::pack_padded", mutates_args=())
 def pack_padded(padded: torch.Tensor, cu_seqlens: torch.Tensor, total: int, max_seqlen: int, backend: str) -> torch.Tensor:
     """padded (B, L, R) contiguous -> packed (total, R)."""
-    return _run_pack(padded, cu_seqlens, total, max_seqlen, backend)
+    with on_device(padded):
+        return _run_pack(padded, cu_seqlens, total, max_seqlen, backend)
 
 
 @pack_padded.register_fake
@@ -97,7 +106,8 @@ def _(padded, cu_seqlens, total, max_seqlen, backend):
 @torch.library.custom_op("adaptkern::unpack_padded", mutates_args=())
 def unpack_padded(packed: torch.Tensor, cu_seqlens: torch.Tensor, padded_len: int, backend: str) -> torch.Tensor:
     """packed (T, R) contiguous -> padded (B, padded_len, R), zeros past each length."""
-    return _run_unpack(packed, cu_seqlens, padded_len, backend)
+    with on_device(packed):
+        return _run_unpack(packed, cu_seqlens, padded_len, backend)
 
 
 @unpack_padded.register_fake

@@ -18,6 +18,7 @@ from .. import _backend, _ext
 from .._checks import DTypeError, check_tensor
 from ..flops.patch_embed import patch_embed_flops
 from ..reference import patch_embed as reference
+from .pack import on_device
 from .pi_resize import _DTYPES, as_pair, check_interpolation, pi_resize
 
 _OP = "adaptkern.flexi_patch_embed"
@@ -114,7 +115,8 @@ def _run_grad_weight(grad, images, weight, backend):
 @torch.library.custom_op("adaptkern::patch_embed", mutates_args=())
 def patch_embed(images: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], backend: str) -> torch.Tensor:
     """images (B, C, H, W), weight (D, C, ph, pw), bias (D,) or None -> tokens (B, N, D)."""
-    return _run_forward(images, weight, bias, backend).reshape(_tokens_shape(images, weight))
+    with on_device(weight):
+        return _run_forward(images, weight, bias, backend).reshape(_tokens_shape(images, weight))
 
 
 def _tokens_shape(images, weight):
@@ -131,7 +133,8 @@ def _(images, weight, bias, backend):
 def patch_embed_grad_input(grad: torch.Tensor, images: torch.Tensor, weight: torch.Tensor,
                            backend: str) -> torch.Tensor:
     """grad (B, N, D) -> gradient of images, shaped and dtyped like images."""
-    return _run_grad_input(grad, images, weight, backend)
+    with on_device(grad):
+        return _run_grad_input(grad, images, weight, backend)
 
 
 @patch_embed_grad_input.register_fake
@@ -143,7 +146,8 @@ def _(grad, images, weight, backend):
 def patch_embed_grad_weight(grad: torch.Tensor, images: torch.Tensor, weight: torch.Tensor,
                             backend: str) -> torch.Tensor:
     """grad (B, N, D) -> gradient of the (resized) weight (D, C, ph, pw)."""
-    return _run_grad_weight(grad, images, weight, backend)
+    with on_device(grad):
+        return _run_grad_weight(grad, images, weight, backend)
 
 
 @patch_embed_grad_weight.register_fake
@@ -155,7 +159,8 @@ def _(grad, images, weight, backend):
 def patch_embed_packed(images: List[torch.Tensor], weight: torch.Tensor, bias: Optional[torch.Tensor],
                        backend: str) -> torch.Tensor:
     """images: list of (C, H_i, W_i) -> packed tokens (sum N_i, D)."""
-    return _run_forward(images, weight, bias, backend)
+    with on_device(weight):
+        return _run_forward(images, weight, bias, backend)
 
 
 @patch_embed_packed.register_fake
@@ -167,7 +172,8 @@ def _(images, weight, bias, backend):
 def patch_embed_packed_grad_input(grad: torch.Tensor, images: List[torch.Tensor], weight: torch.Tensor,
                                   backend: str) -> List[torch.Tensor]:
     """grad (T, D) -> gradients of the images, each shaped and dtyped like its image."""
-    return _run_grad_input(grad, images, weight, backend)
+    with on_device(grad):
+        return _run_grad_input(grad, images, weight, backend)
 
 
 @patch_embed_packed_grad_input.register_fake
@@ -179,7 +185,8 @@ def _(grad, images, weight, backend):
 def patch_embed_packed_grad_weight(grad: torch.Tensor, images: List[torch.Tensor], weight: torch.Tensor,
                                    backend: str) -> torch.Tensor:
     """grad (T, D) -> gradient of the (resized) weight (D, C, ph, pw)."""
-    return _run_grad_weight(grad, images, weight, backend)
+    with on_device(grad):
+        return _run_grad_weight(grad, images, weight, backend)
 
 
 @patch_embed_packed_grad_weight.register_fake

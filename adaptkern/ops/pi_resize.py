@@ -5,6 +5,8 @@ The resize of a weight is a plain matmul with the cached matrix, outside any cus
 autograd carries the gradient to the base weight and FlopCounterMode counts the ``aten.mm``.
 """
 
+import contextlib
+
 import torch
 
 from .._checks import check_int, check_tensor
@@ -99,4 +101,9 @@ def pi_resize(weight: torch.Tensor, new_size, *, interpolation: str = "bilinear"
     matrix = cached_pi_resize_matrix(old_size, new_size, interpolation, antialias, weight.device, dtype)
     embed_dim, chans = weight.shape[:2]
     flat = weight.reshape(embed_dim * chans, old_size[0] * old_size[1]).to(dtype)
-    return (flat @ matrix.T).reshape(embed_dim, chans, *new_size).to(weight.dtype)
+    device_type = weight.device.type
+    # Autocast would run the mm in 16 bits; devices without autocast (meta) need no guard.
+    with (torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type)
+          else contextlib.nullcontext()):
+        resized = flat @ matrix.T
+    return resized.reshape(embed_dim, chans, *new_size).to(weight.dtype)

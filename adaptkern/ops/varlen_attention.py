@@ -9,15 +9,17 @@ sees it) and FLOP formulas from :mod:`adaptkern.flops.varlen_attention`.
 
 import math
 import numbers
+import os
 from typing import Optional
 
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from .. import _backend
-from .._checks import DTypeError, check_cu_seqlens, check_int, check_tensor
-from ..flops.varlen_attention import allowed_pairs
+from .._checks import DTypeError, check_cu_seqlens, check_int, check_tensor, lengths_from_cu_seqlens
+from ..flops.varlen_attention import allowed_pairs, check_window
 from ..reference import varlen_attention as reference
+from .pack import on_device
 
 _OP = "adaptkern.varlen_attention"
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -37,10 +39,11 @@ def varlen_attn_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q (total_q, Hq, D), k/v (total_k, Hkv, D) -> out (total_q, Hq, D), lse (Hq, total_q)."""
     if backend == "triton":
-        return _backend.kernels("varlen_attention").forward(
-            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
-            *reference.effective_window(causal, window_left, window_right),
-        )
+        with on_device(q):
+            return _backend.kernels("varlen_attention").forward(
+                q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
+                *reference.effective_window(causal, window_left, window_right),
+            )
     return reference.varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal,
                                               window_left, window_right)
 
@@ -60,10 +63,11 @@ def varlen_attn_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dq, dk, dv) of varlen_attn_fwd; dlse (Hq, total_q) may be None."""
     if backend == "triton":
-        return _backend.kernels("varlen_attention_bwd").backward(
-            dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
-            *reference.effective_window(causal, window_left, window_right),
-        )
+        with on_device(q):
+            return _backend.kernels("varlen_attention_bwd").backward(
+                dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                softmax_scale, *reference.effective_window(causal, window_left, window_right),
+            )
     return reference.varlen_attention_backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k,
                                                softmax_scale, causal, window_left, window_right)
 
@@ -105,8 +109,7 @@ def _pair_count(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causa
     """Allowed pairs; while tracing (fake cu_seqlens) every sequence counts as max_seqlen long,
     the upper bound torch's own flash-attention formula uses in that case."""
     if _readable(cu_seqlens_q) and _readable(cu_seqlens_k):
-        lengths_q = torch.diff(cu_seqlens_q.detach().to("cpu", torch.int64)).numpy()
-        lengths_k = torch.diff(cu_seqlens_k.detach().to("cpu", torch.int64)).numpy()
+        lengths_q, lengths_k = lengths_from_cu_seqlens(cu_seqlens_q), lengths_from_cu_seqlens(cu_seqlens_k)
     else:
         batch = cu_seqlens_q.shape[0] - 1
         lengths_q, lengths_k = [int(max_seqlen_q)] * batch, [int(max_seqlen_k)] * batch
@@ -125,17 +128,6 @@ def _bwd_flops(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, max_se
                softmax_scale, causal, window_left, window_right, backend, *args, out_val=None, **kwargs) -> int:
     pairs = _pair_count(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, window_left, window_right)
     return 10 * q.shape[1] * q.shape[2] * pairs  # 2.5 x the forward's 4 * Hq * D per pair
-
-
-def _check_window(op, window_size):
-    if not isinstance(window_size, (tuple, list)) or len(window_size) != 2:
-        raise ValueError(f"{op}: window_size must be a pair (left, right), got {window_size!r}")
-    for side, value in zip(("left", "right"), window_size):
-        if isinstance(value, bool) or not isinstance(value, (numbers.Integral, torch.SymInt)):
-            raise TypeError(f"{op}: window_size {side} must be an int, got {type(value).__name__}")
-        if value < -1:
-            raise ValueError(f"{op}: window_size {side} must be >= -1 (-1 = unbounded), got {value}")
-    return int(window_size[0]), int(window_size[1])
 
 
 def _check_inputs(op, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
@@ -158,8 +150,11 @@ def _check_inputs(op, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     max_seqlen_k = check_int(op, "max_seqlen_k", max_seqlen_k, minimum=0)
     batch = check_cu_seqlens(op, "cu_seqlens_q", cu_seqlens_q, total=total_q, total_name="q.shape[0]",
                              max_seqlen=max_seqlen_q, max_seqlen_name="max_seqlen_q", device=q.device)
-    batch_k = check_cu_seqlens(op, "cu_seqlens_k", cu_seqlens_k, total=k.shape[0], total_name="k.shape[0]",
-                               max_seqlen=max_seqlen_k, max_seqlen_name="max_seqlen_k", device=q.device)
+    if cu_seqlens_k is cu_seqlens_q and k.shape[0] == total_q and max_seqlen_k == max_seqlen_q:
+        batch_k = batch  # self-attention: the check above covered it, one host sync instead of two
+    else:
+        batch_k = check_cu_seqlens(op, "cu_seqlens_k", cu_seqlens_k, total=k.shape[0], total_name="k.shape[0]",
+                                   max_seqlen=max_seqlen_k, max_seqlen_name="max_seqlen_k", device=q.device)
     if batch != batch_k:
         raise ValueError(f"{op}: cu_seqlens_q describes {batch} sequences but cu_seqlens_k describes {batch_k}; "
                          "they must describe the same batch")
@@ -170,15 +165,17 @@ def _attention(op, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
                window_size, backend):
     """Validate, dispatch, run: (out, lse)."""
     max_seqlen_q, max_seqlen_k = _check_inputs(op, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
-    window_left, window_right = _check_window(op, window_size)
     if not isinstance(causal, bool):
         raise TypeError(f"{op}: causal must be a bool, got {type(causal).__name__}")
+    window_left, window_right = check_window(op, window_size, causal)
     if softmax_scale is None:
         softmax_scale = q.shape[2] ** -0.5
     elif isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real):
         raise TypeError(f"{op}: softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
     elif not math.isfinite(softmax_scale):
         raise ValueError(f"{op}: softmax_scale must be finite, got {softmax_scale}")
+    if backend is None and not os.environ.get(_backend.ENV_VAR) and q.dtype not in _TRITON_DTYPES:
+        backend = "reference"  # the default picks triton on CUDA, which has no float64 kernels
     name = _backend.resolve_backend(backend, q.device, op=op)
     if name == "triton" and q.dtype not in _TRITON_DTYPES:
         raise DTypeError(f"{op}: q has dtype {q.dtype}; backend='triton' supports float16, bfloat16 and float32 "
@@ -218,11 +215,13 @@ def varlen_attention(
         window_size: (left, right); query i sees key j iff
             i + Lk - Lq - left <= j <= i + Lk - Lq + right (-1 = unbounded side).
         return_lse: also return lse.
-        backend: "reference", "triton" or None (CUDA tensors -> triton, else reference).
+        backend: "reference", "triton" or None (CUDA tensors -> triton, except float64 ->
+            reference; anything else -> reference).
 
     Returns out (total_q, Hq, D) in q's dtype; with return_lse also lse (Hq, total_q)
     float32 (natural log of the softmax denominator). A row that sees no key has out 0,
-    lse -inf and zero gradients. Value checks of cu_seqlens cost one host sync (see
+    lse -inf and zero gradients. Value checks of cu_seqlens cost one host sync per distinct
+    tensor: one when cu_seqlens_k is cu_seqlens_q (self-attention), else two (see
     ``adaptkern.set_validation``).
     """
     out, lse = _attention(_OP, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,

@@ -10,7 +10,13 @@ def as_data(fn: str, name: str, values, *, positive: bool = True) -> np.ndarray:
     """``values`` as a 1-D float64 array of finite numbers (and > 0 when ``positive``)."""
     if isinstance(values, (str, bytes)) or values is None:
         raise TypeError(f"{fn}: {name} must be a 1-D sequence of numbers, got {type(values).__name__}")
-    array = np.asarray(values)
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError) as error:  # e.g. ragged nesting: [1.0, [2.0, 3.0]]
+        raise ValueError(f"{fn}: {name} must be a 1-D sequence of numbers; numpy cannot read it as one "
+                         f"array: {error}") from None
+    if np.iscomplexobj(array):
+        raise TypeError(f"{fn}: {name} must hold real numbers, got complex values ({array.dtype})")
     if array.dtype == bool or not (np.issubdtype(array.dtype, np.number) or array.dtype == object):
         raise TypeError(f"{fn}: {name} must hold numbers, got dtype {array.dtype}")
     try:
@@ -41,7 +47,20 @@ def as_columns(fn: str, n_params: int, **columns) -> list:
     if n < n_params:
         raise ValueError(f"{fn}: {n} data points cannot determine {n_params} parameters; "
                          f"pass at least {n_params} points in {', '.join(arrays)}")
+    distinct = len(np.unique(np.stack(list(arrays.values()), axis=1), axis=0))
+    if distinct < n_params:
+        raise ValueError(f"{fn}: {distinct} distinct data points ({n} rows, some repeated) cannot determine "
+                         f"{n_params} parameters; pass at least {n_params} distinct points in {', '.join(arrays)}")
     return list(arrays.values())
+
+
+def as_real(fn: str, name: str, value) -> float:
+    """A scalar argument as a finite float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{fn}: {name} must be a real number, got {type(value).__name__}")
+    if not np.isfinite(value):
+        raise ValueError(f"{fn}: {name} must be finite, got {value}")
+    return float(value)
 
 
 def check_confidence(fn: str, confidence) -> float:

@@ -13,21 +13,24 @@ def multistart_least_squares(fn, residuals, jacobian, starts, **kwargs):
     """Run scipy's least_squares from every start; return the result with the lowest cost
     among those that report success (or the lowest overall when none does).
     Starts whose residuals are not finite are skipped."""
-    best = best_any = None
+    results = []
     for x0 in starts:
         with np.errstate(all="ignore"):
             if not np.all(np.isfinite(residuals(x0))):
                 continue
             result = least_squares(residuals, x0, jac=jacobian, **kwargs)
-        if not np.isfinite(result.cost):
-            continue
-        if best_any is None or result.cost < best_any.cost:
-            best_any = result
-        if result.success and (best is None or result.cost < best.cost):
-            best = result
-    if best_any is None:
+        if np.isfinite(result.cost):
+            results.append(result)
+    if not results:
         raise ValueError(f"{fn}: the law gives non-finite values at every start; check the data")
-    return best if best is not None else best_any
+    return best_result(results, cost=lambda result: result.cost)[0]
+
+
+def best_result(results, cost):
+    """``(result, converged)``: the result with the lowest ``cost(result)`` among those that
+    report success, else the lowest overall (``converged`` False); ties keep the first."""
+    succeeded = [result for result in results if result.success]
+    return min(succeeded or results, key=cost), bool(succeeded)
 
 
 def linear_fit(features, target):

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from ._checks import check_confidence, check_n_boot
 from .law import ConvergenceWarning, percentile_interval
 
-# A resample with fewer distinct points than parameters cannot determine the law; it is
+# A resample with fewer distinct points than free parameters cannot determine the law; it is
 # drawn again, at most this many times per replica (small data sets need a few tries:
 # 5 points and 4 parameters accept about 42% of draws).
 _MAX_REDRAWS = 1000
@@ -21,7 +21,7 @@ def check_settings(fn, n_boot, confidence):
     return check_n_boot(fn, n_boot), check_confidence(fn, confidence)
 
 
-def attach(law, refit, columns, *, n_boot, seed=None, confidence=0.95, progress=None, fn="bootstrap"):
+def attach(law, refit, columns, *, fn, n_boot, seed=None, confidence=0.95, progress=None, n_free=None):
     """Bootstrap ``law`` in place and return it.
 
     law: the point fit (a ``ScalingLaw``); its parameters are handed to ``refit`` as the
@@ -34,6 +34,9 @@ def attach(law, refit, columns, *, n_boot, seed=None, confidence=0.95, progress=
         can be replayed.
     confidence: level of the percentile intervals, in (0, 1).
     progress: show a tqdm bar (None: only on a terminal).
+    fn: the public fit function, named in messages.
+    n_free: parameters the refit determines (default: all of ``law.param_names``; fewer
+        when the fit holds some fixed); a resample needs that many distinct points.
 
     Replicas whose refit raises or does not converge are dropped and counted in
     ``law.fit_info["n_boot_failed"]``; more than 10% failing triggers a ConvergenceWarning.
@@ -44,11 +47,13 @@ def attach(law, refit, columns, *, n_boot, seed=None, confidence=0.95, progress=
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % 2**63)
     rng = np.random.default_rng(seed)
-    n, n_params = len(columns[0]), len(law.param_names)
+    n_params = len(law.param_names)
+    n_free = n_params if n_free is None else n_free
+    _, point_ids = np.unique(np.stack(columns, axis=1), axis=0, return_inverse=True)  # repeated rows share an id
     rows, failed = [], 0
     for _ in tqdm(range(n_boot), desc=f"bootstrap {law.name}", disable=None if progress is None else not progress,
                   leave=False):
-        idx = _draw(rng, n, n_params)
+        idx = _draw(rng, point_ids.ravel(), n_free, fn)
         try:
             params, converged = refit([c[idx] for c in columns], law)
         except (ValueError, FloatingPointError, np.linalg.LinAlgError):
@@ -70,9 +75,11 @@ def attach(law, refit, columns, *, n_boot, seed=None, confidence=0.95, progress=
     return law
 
 
-def _draw(rng, n, n_params):
+def _draw(rng, point_ids, n_free, fn):
+    n = len(point_ids)
     for _ in range(_MAX_REDRAWS):
         idx = rng.integers(0, n, n)
-        if len(np.unique(idx)) >= n_params:
+        if len(np.unique(point_ids[idx])) >= n_free:
             return idx
-    raise ValueError(f"bootstrap: {n} points rarely give {n_params} distinct ones; too few points to bootstrap")
+    raise ValueError(f"{fn}: n_boot needs resamples of the {n} data points with {n_free} distinct ones, which "
+                     f"they rarely give; pass more points or n_boot=0")

@@ -13,15 +13,15 @@ from tqdm.auto import tqdm
 
 from . import bootstrap
 from ._blas import single_threaded_blas
-from ._checks import as_columns
-from ._fitting import record_fit
+from ._checks import as_columns, as_real
+from ._fitting import best_result, record_fit
 from .law import ScalingLaw, as_float_array, output
 
 FN = "fit_chinchilla"
 
 # Hoffmann et al. 2022, Appendix D.2: alpha, beta in {0, 0.5, ..., 2}, e in {-1, -0.5, ...,
 # 1}, a, b in {0, 5, ..., 25}: 5 * 5 * 5 * 6 * 6 = 4500 starts over (a, b, e, alpha, beta).
-# (The brief lists the same ranges; Besiroglu et al. 2024 use them too.)
+# Besiroglu et al. 2024 use the same grid.
 INIT_GRID = {
     "a": np.arange(0.0, 30.0, 5.0),
     "b": np.arange(0.0, 30.0, 5.0),
@@ -78,7 +78,8 @@ def fit_chinchilla(N, D, loss, *, delta=1e-3, init_grid=None, n_boot=0, seed=Non
     """
     bootstrap.check_settings(FN, n_boot, confidence)
     N, D, loss = as_columns(FN, 5, N=N, D=D, loss=loss)
-    if not delta > 0:
+    delta = as_real(FN, "delta", delta)
+    if delta <= 0:
         raise ValueError(f"{FN}: delta must be > 0, got {delta}")
     objective = _objective(np.log(N), np.log(D), np.log(loss), delta)
     grid = dict(INIT_GRID)
@@ -87,16 +88,11 @@ def fit_chinchilla(N, D, loss, *, delta=1e-3, init_grid=None, n_boot=0, seed=Non
             raise ValueError(f"{FN}: init_grid keys must be among {', '.join(grid)}, got {key!r}")
         grid[key] = np.atleast_1d(np.asarray(values, dtype=np.float64))
     starts = np.array(list(itertools.product(*grid.values())))
-    best, best_any = None, None
-    for theta0 in tqdm(starts, desc=f"{FN}: L-BFGS from the init grid", disable=None if progress is None else
-                       not progress, leave=False):
-        result = minimize(objective, theta0, jac=True, method="L-BFGS-B")
-        if best_any is None or result.fun < best_any.fun:
-            best_any = result
-        if result.success and (best is None or result.fun < best.fun):
-            best = result
-    chosen = best if best is not None else best_any
-    law = record_fit(FN, _law(chosen.x), objective=chosen.fun, converged=best is not None, message=chosen.message,
+    results = [minimize(objective, theta0, jac=True, method="L-BFGS-B")
+               for theta0 in tqdm(starts, desc=f"{FN}: L-BFGS from the init grid",
+                                  disable=None if progress is None else not progress, leave=False)]
+    chosen, converged = best_result(results, cost=lambda result: result.fun)
+    law = record_fit(FN, _law(chosen.x), objective=chosen.fun, converged=converged, message=chosen.message,
                      n_points=len(loss), n_starts=len(starts), delta=delta)
 
     refit = functools.partial(_refit, delta=delta)

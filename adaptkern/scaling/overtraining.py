@@ -50,10 +50,11 @@ def fit_overtraining(N, D, loss, *, n_boot=0, seed=None, confidence=0.95, progre
 
     N: 1-D array-like of model sizes (parameters, > 0). Gadre et al. count every
         parameter, embeddings included (``params_N`` in the shared CSV).
-    D: 1-D array-like of training tokens (> 0), same length.
+    D: 1-D array-like of training tokens (> 0), same length. The runs need at least 2
+        distinct token multipliers M = D / N (else a and b cannot be told apart).
     loss: 1-D array-like of validation losses (> 0), same length (the paper: C4 eval).
     n_boot, seed, confidence, progress: case-resampling bootstrap (``bootstrap.attach``);
-        refits start from the point fit.
+        refits start from the point fit; a resample whose runs share one M counts as failed.
 
     Least squares on the loss itself (as the paper's scipy curve_fit), Levenberg-Marquardt
     (scipy's least_squares, method "lm", analytic Jacobian) from every point of
@@ -65,6 +66,10 @@ def fit_overtraining(N, D, loss, *, n_boot=0, seed=None, confidence=0.95, progre
     bootstrap.check_settings(FN, n_boot, confidence)
     N, D, loss = as_columns(FN, 4, N=N, D=D, loss=loss)
     log_c, log_m = np.log(6 * N * D), np.log(D / N)
+    if not _several_multipliers(log_m):
+        raise ValueError(f"{FN}: N and D must give at least 2 distinct token multipliers M = D/N (with one, "
+                         f"a M^eta + b M^-eta is a single constant and a, b cannot be told apart); "
+                         f"every point has M = {np.exp(log_m[0]):.6g}")
     starts = [np.array(s) for s in itertools.product(*INIT_GRID.values())] + [_projected_start(log_c, log_m, loss)]
     result = _fit(log_c, log_m, loss, starts)
     law = record_fit(FN, OvertrainingLaw(**dict(zip(OvertrainingLaw.param_names, result.x))),
@@ -73,11 +78,19 @@ def fit_overtraining(N, D, loss, *, n_boot=0, seed=None, confidence=0.95, progre
 
     def refit(columns, start):
         n, d, l = columns
+        if not _several_multipliers(np.log(d / n)):  # a resample of one M: a, b not identifiable
+            return list(start.params.values()), False
         result = _fit(np.log(6 * n * d), np.log(d / n), l, [np.array(list(start.params.values()))])
         return result.x, result.success
 
     return bootstrap.attach(law, refit, [N, D, loss], n_boot=n_boot, seed=seed, confidence=confidence,
                             progress=progress, fn=FN)
+
+
+def _several_multipliers(log_m):
+    """Whether the token multipliers take at least 2 values. Multipliers within 0.1% of
+    each other count as one: N and D read from a CSV are often rounded."""
+    return np.ptp(log_m) > 1e-3
 
 
 def _fit(log_c, log_m, loss, starts):

@@ -7,7 +7,7 @@ import numpy as np
 
 from . import bootstrap
 from ._blas import single_threaded_blas
-from ._checks import as_columns, as_data
+from ._checks import as_columns, as_real
 from ._fitting import linear_fit, multistart_least_squares, record_fit
 from .law import ScalingLaw, as_float_array, output
 
@@ -65,11 +65,11 @@ def fit_shape_law(compute, loss, *, d=None, n_boot=0, seed=None, confidence=0.95
     optimizer's message and records ``fit_info["converged"] = False``.
     """
     bootstrap.check_settings(FN, n_boot, confidence)
-    fixed_d = None if d is None else float(as_data(FN, "d", [d], positive=False)[0])
+    fixed_d = None if d is None else as_real(FN, "d", d)
     if fixed_d is not None and fixed_d < 0:
         raise ValueError(f"{FN}: d must be >= 0, got {d}")
-    n_params = 3 if fixed_d is not None else 4
-    compute, loss = as_columns(FN, n_params, compute=compute, loss=loss)
+    n_free = 3 if fixed_d is not None else 4
+    compute, loss = as_columns(FN, n_free, compute=compute, loss=loss)
     params, result, starts = _fit(compute, loss, fixed_d, start=None)
     law = record_fit(FN, ShapeLaw(**dict(zip(ShapeLaw.param_names, params))), objective=2 * result.cost,
                      converged=result.success, message=result.message, n_points=len(loss), n_starts=starts,
@@ -80,7 +80,7 @@ def fit_shape_law(compute, loss, *, d=None, n_boot=0, seed=None, confidence=0.95
         return params, result.success
 
     return bootstrap.attach(law, refit, [compute, loss], n_boot=n_boot, seed=seed, confidence=confidence,
-                            progress=progress, fn=FN)
+                            progress=progress, fn=FN, n_free=n_free)
 
 
 def _fit(compute, loss, fixed_d, start):

@@ -16,6 +16,7 @@ import numpy as np
 from .. import schedule as ak_schedule
 from ..scaling import fit_shape_law
 
+FIRST_EVAL = "at first eval"  # first_crossing's "how" when the number is only an upper bound
 TARGET_RULE = ("the higher of the last two eval losses of the static run that ended lowest: a loss the best "
                "static shape demonstrably reached within the sweep budget, and not a single lucky eval")
 
@@ -28,7 +29,8 @@ def curve(evals):
 
 def fit_laws(records: dict) -> tuple:
     """{shape: ShapeLaw} fitted to each sweep run's (compute, eval loss), and {shape: error
-    message} for shapes whose fit failed (too few points, no convergence)."""
+    message} for shapes whose fit failed (too few points, no convergence, a warning); a
+    shape is in one of the two, never both."""
     laws, errors = {}, {}
     for shape, record in records.items():
         compute, loss = curve(record["evals"])
@@ -40,7 +42,8 @@ def fit_laws(records: dict) -> tuple:
                 errors[shape] = f"fit did not converge ({law.fit_info.get('message')})"
             elif caught:
                 errors[shape] = f"fit warned: {caught[0].message}"
-            laws[shape] = law
+            else:  # only a clean fit plans the schedule
+                laws[shape] = law
         except (ValueError, TypeError) as error:
             errors[shape] = str(error)
     return laws, errors
@@ -66,7 +69,7 @@ def first_crossing(evals, target: float):
         return None, "not reached"
     i = int(below[0])
     if i == 0:
-        return float(compute[0]), "at first eval"
+        return float(compute[0]), FIRST_EVAL
     c0, c1, l0, l1 = math.log(compute[i - 1]), math.log(compute[i]), loss[i - 1], loss[i]
     frac = (l0 - target) / (l0 - l1) if l0 != l1 else 1.0
     return float(math.exp(c0 + frac * (c1 - c0))), "interpolated"

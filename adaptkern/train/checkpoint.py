@@ -1,7 +1,8 @@
-"""Checkpoints of a training run: model, optimizer, step, FLOP ledgers (one per rank, so
-the exact cross-rank sum survives a resume), the FLOP-signature cache, the eval history and
-every RNG state. The data position is the step itself (batches are a pure function of the
-step), so restoring the step restores the data stream."""
+"""Checkpoints of a training run: model, optimizer, step, FLOP ledgers and FLOP-signature
+caches (one per rank: each holds that rank's own counts, so the exact cross-rank sum
+survives a resume), the eval history and every RNG state. The data position is the step
+itself (batches are a pure function of the step), so restoring the step restores the data
+stream."""
 
 import os
 import random
@@ -41,28 +42,33 @@ def _gather(obj):
     return out
 
 
-def save(folder, *, identity: dict, model, optimizer, ledger, run_state: dict) -> None:
+def save(folder, *, identity: dict, model, optimizer, ledger, flop_cache: list, run_state: dict) -> None:
     """Write ``folder/checkpoint.pt`` atomically (from rank 0; a collective under DDP).
 
     Args:
         identity: the run's configuration; a resume must present the same one.
         model: the unwrapped module; optimizer: its optimizer.
         ledger: this rank's FlopLedger (gathered from every rank).
-        run_state: step, compute, evals, flop cache, ... (identical on every rank).
+        flop_cache: this rank's FLOP-signature cache (``SignatureFlopCache.dump()``;
+            gathered from every rank: its per-phase counts are this rank's).
+        run_state: step, compute, evals, ... (identical on every rank; rank 0's is saved).
     """
     ledgers = _gather(ledger.to_dict())
+    flop_caches = _gather(flop_cache)
     rngs = _gather(rng_state())
     if distributed.is_main():
         torch_save(os.path.join(folder, CHECKPOINT), {
             "format": _FORMAT, "identity": identity, "world_size": distributed.world_size(),
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "ledgers": ledgers, "rng": rngs,
-            "run_state": run_state})
+            "flop_caches": flop_caches, "run_state": run_state})
     distributed.barrier()
 
 
 def load(folder, identity: dict):
     """The checkpoint in ``folder`` (a dict), or None if there is none. Raises ValueError if
-    it belongs to a different run (identity or world size differ)."""
+    it belongs to a different run (identity or world size differ). ``flop_caches`` holds one
+    cache per rank (in checkpoints written before it existed: rank 0's
+    ``run_state["flop_cache"]`` for every rank, right while every rank's share is equal)."""
     path = os.path.join(folder, CHECKPOINT)
     if not os.path.exists(path):
         return None
@@ -77,4 +83,6 @@ def load(folder, identity: dict):
     if ckpt["world_size"] != distributed.world_size():
         raise ValueError(f"{path} was written by {ckpt['world_size']} processes; resume it with the same number "
                          f"(now {distributed.world_size()})")
+    if "flop_caches" not in ckpt:
+        ckpt["flop_caches"] = [ckpt["run_state"].pop("flop_cache", [])] * ckpt["world_size"]
     return ckpt

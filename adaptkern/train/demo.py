@@ -34,7 +34,7 @@ from .schedule import ShapeSchedule
 from .sweep import run_sweep
 from .tasks import LMTask, VisionTask
 
-# Sized for 2 CPU cores and ~10 minutes in all (see the README for measured times); on a
+# Sized for 2 CPU cores and a few minutes in all (see the README for measured times); on a
 # GPU the same command runs the same sizes, just faster.
 PRESETS = {
     "vit": {"shapes": ["p16", "p8", "p4"], "budget": 4e11, "batch_size": 32, "num_eval": 1024, "n_evals": 16,
@@ -75,6 +75,8 @@ def settings_for(model: str, *, fast: bool = False, **overrides) -> dict:
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if settings["budget"] <= 0:
         raise ValueError(f"--budget must be > 0 FLOPs, got {settings['budget']}")
+    if settings["n_evals"] < 2:  # a curve (and a law, a target, a first crossing) needs two points
+        raise ValueError(f"--evals must be at least 2, got {settings['n_evals']}")
     return settings
 
 
@@ -104,10 +106,10 @@ def run_demo(model: str = "vit", *, images=None, text=None, shapes=None, budget=
     summary = {"task": task.describe(), "shapes": names, "budget": config.budget, "device": str(device),
                "world_size": distributed.world_size(), "target_loss": target, "target_rule": rule,
                "laws": {s: law.to_dict() for s, law in laws.items()}, "fit_errors": fit_errors, "static": {}}
-    static_crossings = {}
+    static_crossings, static_how = {}, {}
     for shape, record in records.items():
         record["crossing"], how = first_crossing(record["evals"], target)
-        static_crossings[shape] = record["crossing"]
+        static_crossings[shape], static_how[shape] = record["crossing"], how
         law = laws.get(shape)
         summary["static"][shape] = {
             "flops_to_target": record["crossing"], "crossing": how,
@@ -132,20 +134,23 @@ def run_demo(model: str = "vit", *, images=None, text=None, shapes=None, budget=
         crossing, how = first_crossing(result.evals, target)
         switches = [(end, nxt) for (_, end), (nxt, _) in zip(schedule.segments, schedule.segments[1:])
                     if end <= result.compute]
-        adaptive = {"evals": result.evals, "switches": switches, "crossing": crossing}
+        adaptive = {"evals": result.evals, "switches": switches, "crossing": crossing, "how": how}
         summary["adaptive"] = {
             "flops_to_target": crossing, "crossing": how, "planned_flops": plan.total_compute,
             "final_loss": curve(result.evals)[1][-1] if result.evals else None, "steps": result.steps,
             "compute": result.compute, "seconds": result.seconds, "stopped": result.stopped,
             "schedule": [{"shape": s, "compute_end": None if np.isinf(e) else e} for s, e in schedule.segments],
             "switches": switches, "evals": result.evals, "ledger": result.ledger.to_dict()}
-    summary["verdict"] = compare(static_crossings, adaptive["crossing"] if adaptive else None)
+    summary["verdict"] = compare(static_crossings, adaptive["crossing"] if adaptive else None, static_how=static_how,
+                                 adaptive_how=adaptive["how"] if adaptive else None,
+                                 no_adaptive_run=summary.get("plan_error"))
     summary["seconds"] = time.perf_counter() - started
     if main:
-        summary["files"] = {"summary": write_json(os.path.join(out, "summary.json"), summary),
+        summary_path = os.path.join(out, "summary.json")
+        summary["files"] = {"summary": summary_path,
                             "plot": plot_demo(records, laws, adaptive, target, os.path.join(out, "demo.png"),
                                               title=_title(summary))}
-        write_json(os.path.join(out, "summary.json"), summary)
+        write_json(summary_path, summary)
     say("")
     say(table(summary))
     say(f"\nwrote {os.path.join(out, 'summary.json')} and {os.path.join(out, 'demo.png')} "

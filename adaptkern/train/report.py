@@ -2,15 +2,22 @@
 
 import math
 
+from .adaptive import FIRST_EVAL
+
 
 def _fmt(x, spec=".3e"):
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
-def compare(static: dict, adaptive_crossing):
+def compare(static: dict, adaptive_crossing, *, static_how=None, adaptive_how=None, no_adaptive_run=None):
     """The verdict from the measured numbers alone.
 
-    static: {shape: FLOPs to target or None}; adaptive_crossing: FLOPs or None.
+    static: {shape: FLOPs to target or None}; adaptive_crossing: FLOPs or None;
+    static_how / adaptive_how: ``first_crossing``'s "how" of each ({shape: how} / str; None:
+    interpolated). A crossing "at first eval" is only an upper bound (the curve was already
+    below the target at its first eval), so when a static shape that reached the target or
+    the adaptive run has one, neither a saving nor a winner is claimed.
+    no_adaptive_run: why there is no adaptive run (the plan failed), or None.
     Returns {"best_static_shape", "best_static_flops", "adaptive_flops", "savings",
     "adaptive_wins", "claim"}: savings = 1 - adaptive / best static; the claim says in
     words what the numbers say, whichever way they point.
@@ -20,7 +27,12 @@ def compare(static: dict, adaptive_crossing):
     best_flops = reached.get(best)
     out = {"best_static_shape": best, "best_static_flops": best_flops, "adaptive_flops": adaptive_crossing,
            "savings": None, "adaptive_wins": None}
-    if best is None and adaptive_crossing is None:
+    bounds = [f"static {s}" for s in reached if (static_how or {}).get(s) == FIRST_EVAL]
+    if adaptive_crossing is not None and adaptive_how == FIRST_EVAL:
+        bounds.append("adaptive")
+    if no_adaptive_run is not None:
+        out["claim"] = f"no adaptive run: {no_adaptive_run}"
+    elif best is None and adaptive_crossing is None:
         out["claim"] = "neither the static shapes nor the adaptive run reached the target loss"
     elif best is None:
         out["adaptive_wins"] = True
@@ -30,6 +42,9 @@ def compare(static: dict, adaptive_crossing):
         out["adaptive_wins"] = False
         out["claim"] = (f"the adaptive run did NOT reach the target loss within its budget; the best static shape "
                         f"{best} reached it with {best_flops:.4g} FLOPs")
+    elif bounds:
+        out["claim"] = (f"the target was reached at the first eval ({', '.join(bounds)}): those FLOPs to target are "
+                        "only upper bounds, so no comparison is claimed")
     else:
         out["savings"] = 1.0 - adaptive_crossing / best_flops
         out["adaptive_wins"] = adaptive_crossing < best_flops
@@ -67,7 +82,5 @@ def table(summary: dict) -> str:
         lines.append("adaptive schedule: " + "  ->  ".join(
             f"{seg['shape']} until {_fmt(seg['compute_end'], '.3g') if seg['compute_end'] else 'the end'}"
             for seg in ad["schedule"]))
-    elif summary.get("plan_error"):
-        lines += ["", f"no adaptive run: {summary['plan_error']}"]
-    lines += ["", f"verdict: {summary['verdict']['claim']}"]
+    lines += ["", f"verdict: {summary['verdict']['claim']}"]  # says "no adaptive run: ..." when planning failed
     return "\n".join(lines)

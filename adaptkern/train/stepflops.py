@@ -4,10 +4,11 @@ A step's FLOP count is a function of its *signature*: the shape and what fixes t
 lengths / patch grids on every rank (``task.signature``), never of the data values. So the
 first step of each signature runs under ``FlopCounterMode`` (through
 ``adaptkern.flops.measure_step``) and later steps with the same signature book the same
-per-phase counts. ``tests/test_train_flops.py`` proves the reuse exact: a run that measures
-every step writes the identical ledger. The global (all-rank) count of a signature is
-summed once, when it is first measured, so the loop tracks the run's compute without a
-collective per step.
+per-phase counts. ``tests/test_train.py::test_flop_cache_equals_flopcountermode_every_step``
+proves the reuse exact: a run that measures every step writes the identical ledger. The
+global (all-rank) count of a signature is summed once, when it is first measured, so the
+loop tracks the run's compute without a collective per step. Each rank's cache holds its
+own per-phase counts (checkpoints keep one per rank).
 """
 
 from torch.utils.flop_counter import FlopCounterMode
@@ -16,8 +17,9 @@ from ..flops import measure_step
 from . import distributed
 
 
-class StepFlops:
-    """Per-signature FLOP cache: key -> (this rank's {phase: flops}, all ranks' total)."""
+class SignatureFlopCache:
+    """Per-signature FLOP cache: key -> (this rank's {phase: flops}, all ranks' total).
+    (Not ``adaptkern.flops.StepFlops``, a step's counts per phase and layer type.)"""
 
     def __init__(self, device):
         self.device = device
