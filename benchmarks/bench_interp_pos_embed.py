@@ -8,9 +8,6 @@ GPU (or CPU) table and JSON in benchmarks/results/:
 """
 
 import argparse
-import json
-import platform
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ import torch
 
 import adaptkern as ak
 from adaptkern.bench import interp_pos_embed as cases
+from adaptkern.bench.runner import save_rows
 
 RESULTS = Path(__file__).resolve().parent / "results" / "interp_pos_embed.json"
 SMALL = cases.CPU_CASES[0]
@@ -63,12 +61,7 @@ def main(argv=None):
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
     rows = cases.run(device, with_backward=not args.no_backward)
     print(cases.format_rows(rows))
-    meta = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-                torch=torch.__version__, adaptkern=ak.__version__, time=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                options=cases.OPTIONS)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    print(f"wrote {args.out}")
+    print(f"wrote {save_rows(args.out, device, rows, options=cases.OPTIONS)}")
 
 
 if __name__ == "__main__":

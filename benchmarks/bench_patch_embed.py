@@ -8,9 +8,6 @@ GPU (or CPU) table and JSON in benchmarks/results/:
 """
 
 import argparse
-import json
-import platform
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ import torch
 
 import adaptkern as ak
 from adaptkern.bench import patch_embed as cases
+from adaptkern.bench.runner import save_rows
 
 RESULTS = Path(__file__).resolve().parent / "results"
 _, BATCH, CHANS, SIZE, BASE, PATCH, DIM = cases.CPU_CASES[0]
@@ -84,13 +82,8 @@ def main(argv=None):
     modes = ("fwd",) if args.fwd_only else ("fwd", "fwd_bwd")
     rows = cases.run(device, dtypes=dtypes, modes=modes)
     print(cases.format_rows(rows))
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    meta = dict(device=name, torch=torch.__version__, adaptkern=ak.__version__,
-                time=time.strftime("%Y-%m-%dT%H:%M:%S"), peaks=cases.PEAKS)
     out = args.out or RESULTS / f"patch_embed_{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    print(f"wrote {out}")
+    print(f"wrote {save_rows(out, device, rows, peaks=cases.PEAKS)}")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,6 @@ GPU (or CPU) table and JSON in benchmarks/results/:
 """
 
 import argparse
-import json
-import platform
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ import torch
 
 import adaptkern as ak
 from adaptkern.bench import varlen_attention as cases
+from adaptkern.bench.runner import save_rows
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -57,13 +55,6 @@ def test_run_rows_cover_every_impl():
     assert {r["impl"] for r in timed} == {cases.OURS, "padded SDPA"} and all(r["tflops"] > 0 for r in timed)
 
 
-def _versions():
-    import triton
-
-    return dict(torch=torch.__version__, triton=triton.__version__, adaptkern=ak.__version__,
-                cuda=torch.version.cuda, python=platform.python_version())
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="run the small CPU case even when a GPU is present")
@@ -76,12 +67,8 @@ def main(argv=None):
     modes = ("fwd",) if args.fwd_only else ("fwd", "fwd_bwd")
     rows = cases.run(device, head_dims=args.head_dims, modes=modes, rep_ms=args.rep_ms)
     print(cases.format_rows(rows))
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    meta = dict(device=name, time=time.strftime("%Y-%m-%dT%H:%M:%S"), **_versions())
     out = args.out or RESULTS / f"varlen_attention-{'gpu' if device.type == 'cuda' else 'cpu'}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    print(f"wrote {out}")
+    print(f"wrote {save_rows(out, device, rows)}")
 
 
 if __name__ == "__main__":

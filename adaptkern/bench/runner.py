@@ -275,6 +275,17 @@ def validate(data: dict) -> dict:
     return data
 
 
+def save_rows(path, device, rows: list, **meta) -> str:
+    """Write one op script's rows (``benchmarks/bench_<op>.py``) to ``path`` as JSON with this
+    run's :func:`metadata` (plus ``meta``), atomically; returns the path."""
+    # These scripts leave PyTorch's TF32 settings as they are: record them, not run_case's False.
+    tf32 = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
+    run = {**metadata(device, command=" ".join(["python"] + sys.argv)), "tf32": tf32}
+    data = {"meta": {**run, **meta}, "rows": rows}
+    text = json.dumps(data, indent=1) + "\n"
+    return atomic_write(path, lambda f: f.write(text), text=True)
+
+
 def write_results(data: dict, out_dir, path=None) -> str:
     """Validate and write ``data`` to ``path`` (default: a new ``results_path`` in ``out_dir``),
     atomically; returns the path."""
