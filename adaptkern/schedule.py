@@ -125,6 +125,10 @@ class _Shape:
         live = (losses > self.c) & ~is_free
         if live.any():
             values = _call(fn, losses[live])
+            if np.isnan(values).any():
+                at = float(losses[live][np.isnan(values)][0])
+                raise ValueError(f"{_OP}: laws[{self.key!r}].{getattr(fn, '__name__', 'law')}({at:.6g}) is NaN; a law "
+                                 "must give a number at every loss above its asymptote c")
             out[live] = np.maximum(values, 0.0) if clip else values
         return out
 
@@ -169,9 +173,30 @@ def _check_laws(laws):
         c = getattr(law, "c")
         if isinstance(c, bool) or not isinstance(c, numbers.Real) or not math.isfinite(c):
             raise ValueError(f"{_OP}: laws[{key!r}].c must be a finite real number, got {c!r}")
+        _check_params(key, law)
         shapes.append(_Shape(key, law))
     # Ties (several shapes free at once) go to the one that stays free longest.
     return sorted(shapes, key=lambda s: s.free_above)
+
+
+def _check_params(key, law):
+    """A fitted law's parameters (``law.params``) must be finite; a ShapeLaw's must also
+    have the signs its formula assumes (c >= 0, a > 0, b > 0, d >= 0), else its inverse is
+    NaN or runs the wrong way and the plan's totals come out NaN or meaningless."""
+    from .scaling.shape_law import ShapeLaw
+
+    params = getattr(law, "params", None)
+    if not isinstance(params, dict):
+        return
+    for name, value in params.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"{_OP}: laws[{key!r}].{name} must be a finite real number, got {value!r}")
+    if isinstance(law, ShapeLaw):
+        for name, ok, rule in (("c", law.c >= 0, ">= 0"), ("a", law.a > 0, "> 0"), ("b", law.b > 0, "> 0"),
+                               ("d", law.d >= 0, ">= 0")):
+            if not ok:
+                raise ValueError(f"{_OP}: laws[{key!r}].{name} must be {rule} in E(C) = c + a (C + d)^-b, "
+                                 f"got {getattr(law, name)!r}")
 
 
 def optimal_schedule(laws, target_loss, start_loss=None, switch_cost=0.0, *, grid_size=2048):

@@ -276,8 +276,8 @@ def test_bad_input_names_the_argument():
     tokens, _, cu = packed_batch([(2, 3), (1, 4)], 1, 6, torch.float32, "cpu")
     add = lambda **kw: ak.add_interp_pos_embed(**{**dict(tokens=tokens, pos_embed=pos, grid_sizes=grids,  # noqa: E731
                                                          cu_seqlens=cu, num_prefix_tokens=1), **kw})
-    with pytest.raises(ValueError, match=r"grid_sizes\[1\] = \(0, 4\).*>= 1"):
-        ak.interp_pos_embed(pos, torch.tensor([[2, 3], [0, 4]], dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"grid_sizes\[1\] = \(-1, 4\).*>= 0"):
+        ak.interp_pos_embed(pos, torch.tensor([[2, 3], [-1, 4]], dtype=torch.int32))
     with pytest.raises(ValueError, match=r"grid_sizes\[0\] = \(2, -1\)"):
         add(grid_sizes=torch.tensor([[2, -1], [1, 4]], dtype=torch.int32))
     with pytest.raises(ValueError, match=r"sequence 1 has 5 tokens in cu_seqlens but num_prefix_tokens \+ h\*w = 1 \+ 3\*2 = 7"):

@@ -5,12 +5,14 @@ import argparse
 import importlib
 import sys
 
+from ._types import Parser
+
 # Subcommand modules, in the order `adaptkern --help` lists them.
 SUBCOMMANDS = ["info", "fit", "demo", "train", "flops", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="adaptkern",
         description="Kernels, exact FLOP accounting and scaling laws for adaptive-shape training.",
     )

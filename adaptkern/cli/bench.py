@@ -5,6 +5,8 @@ write ``<out>/<device>-<date>.json`` and a PNG. ``--table`` prints a results fil
 import os
 import sys
 
+from ._types import positive_float
+
 
 def _table(args) -> int:
     from adaptkern.bench import table
@@ -86,7 +88,7 @@ def register(subparsers) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer cases and shorter timings (a few minutes on GPU)")
     parser.add_argument("--out", default=RESULTS_DIR, metavar="DIR", help=f"results folder (default {RESULTS_DIR})")
     parser.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when available")
-    parser.add_argument("--rep-ms", type=float, metavar="MS", help="timing budget per measurement")
+    parser.add_argument("--rep-ms", type=positive_float, metavar="MS", help="timing budget per measurement")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--table", nargs="?", const="latest", metavar="FILE",

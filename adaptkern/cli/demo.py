@@ -4,6 +4,8 @@ static shape and the adaptive run needed to reach a target loss (table, JSON, PN
 
 import sys
 
+from ._types import device, int_at_least, positive_float
+
 
 def add_run_arguments(parser, *, model_help: str) -> None:
     """Options shared by ``demo`` and ``train``: model, data, batch, evals, device, seed."""
@@ -12,16 +14,16 @@ def add_run_arguments(parser, *, model_help: str) -> None:
                                                        "embedded synthetic glyphs (with --model vit)")
     parser.add_argument("--text", metavar="FILE", help="your text file (byte-level LM) instead of the embedded "
                                                       "synthetic copy corpus (with --model lm)")
-    parser.add_argument("--budget", type=float, metavar="FLOPS",
+    parser.add_argument("--budget", type=positive_float, metavar="FLOPS",
                         help="training FLOPs per run (exact count, e.g. 4e11); evals at log-spaced budgets up to it")
-    parser.add_argument("--evals", type=int, metavar="N", help="evals per run (log-spaced in compute)")
-    parser.add_argument("--target-loss", type=float, metavar="L", help="the target loss")
-    parser.add_argument("--batch-size", type=int, metavar="B", help="global images per step (vit)")
-    parser.add_argument("--tokens-per-batch", type=int, metavar="T", help="global tokens per step (lm)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available; under torchrun one "
+    parser.add_argument("--evals", type=int_at_least(2), metavar="N", help="evals per run (log-spaced in compute)")
+    parser.add_argument("--target-loss", type=positive_float, metavar="L", help="the target loss")
+    parser.add_argument("--batch-size", type=int_at_least(1), metavar="B", help="global images per step (vit)")
+    parser.add_argument("--tokens-per-batch", type=int_at_least(1), metavar="T", help="global tokens per step (lm)")
+    parser.add_argument("--device", type=device, help="cpu, cuda, cuda:1 ... (default: cuda when available; under torchrun one "
                                          "GPU per rank)")
-    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default 1 on CPU)")
-    parser.add_argument("--seed", type=int, default=0, help="data and model seed (default 0)")
+    parser.add_argument("--threads", type=int_at_least(1), metavar="N", help="CPU threads for torch (default 1 on CPU)")
+    parser.add_argument("--seed", type=int_at_least(0), default=0, help="data and model seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -5,6 +5,8 @@ import os
 import re
 import sys
 
+from ._types import fraction, int_at_least
+
 
 def run(args) -> int:
     from adaptkern import scaling
@@ -104,8 +106,8 @@ def register(subparsers) -> None:
                              "= != < <= > >=; '=' and '!=' take comma-separated alternatives, e.g. dataset=rpj")
     parser.add_argument("--group", metavar="COLUMN", help="fit one law per distinct value of COLUMN (e.g. a shape)")
     parser.add_argument("--out", default=".", metavar="DIR", help="output folder for JSON and PNG (default: .)")
-    parser.add_argument("--n-boot", type=int, default=200, metavar="K",
+    parser.add_argument("--n-boot", type=int_at_least(0), default=200, metavar="K",
                         help="bootstrap resamples for the intervals (default 200; 0 turns them off)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    parser.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
+    parser.add_argument("--seed", type=int_at_least(0), default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--confidence", type=fraction, default=0.95, help="interval level (default 0.95)")
     parser.set_defaults(func=run)

@@ -2,6 +2,7 @@
 FLOP ledger, checkpoints and metrics; runs under ``torchrun`` as DistributedDataParallel
 (``torchrun --nproc_per_node 2 -m adaptkern train ...``)."""
 
+import math
 import sys
 
 
@@ -16,10 +17,15 @@ def parse_schedule(text: str):
         shape, sep, end = part.partition(":")
         if i < len(parts) - 1 and not sep:
             raise ValueError(f"--schedule: every segment but the last needs SHAPE:FLOPS, got {part!r}")
+        if not shape.strip():
+            raise ValueError(f"--schedule: segment {part!r} names no shape")
         try:
-            segments.append((shape, float(end) if sep else float("inf")))
+            flops = float(end) if sep else math.inf
         except ValueError:
             raise ValueError(f"--schedule: {end!r} in {part!r} is not a number of FLOPs") from None
+        if sep and not (math.isfinite(flops) and flops > 0):
+            raise ValueError(f"--schedule: the FLOPs in {part!r} must be a finite number > 0, got {end!r}")
+        segments.append((shape.strip(), flops))
     if not segments:
         raise ValueError("--schedule: empty")
     try:

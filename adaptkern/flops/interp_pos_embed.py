@@ -60,7 +60,8 @@ def interp_pos_embed_flops(grid_sizes, base_grid, dim: int, *, mode: str = "bicu
     for i, grid in enumerate(_grid_list(grid_sizes)):
         if len(grid) != 2:
             raise ValueError(f"{_OP}: grid_sizes[{i}] must be a pair (h, w), got {grid!r}")
-        h = check_int(_OP, f"grid_sizes[{i}][0]", grid[0])
-        w = check_int(_OP, f"grid_sizes[{i}][1]", grid[1])
-        total += axis_tap_count(base_h, h, **opts) * axis_tap_count(base_w, w, **opts)
+        h = check_int(_OP, f"grid_sizes[{i}][0]", grid[0], minimum=0)
+        w = check_int(_OP, f"grid_sizes[{i}][1]", grid[1], minimum=0)
+        if h and w:  # an empty grid (an image without patches) costs nothing
+            total += axis_tap_count(base_h, h, **opts) * axis_tap_count(base_w, w, **opts)
     return 2 * dim * total

@@ -294,6 +294,8 @@ class FlopLedger:
             if missing_ok:
                 return cls()
             raise
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"FlopLedger.load: {path} is not a readable ledger (truncated or corrupt: {error})") from None
         return cls.from_dict(data)
 
 

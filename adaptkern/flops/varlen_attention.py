@@ -12,7 +12,7 @@ import numbers
 import numpy as np
 import torch
 
-from .._checks import _check_cu_values, lengths_from_cu_seqlens
+from .._checks import _check_cu_values, check_int, lengths_from_cu_seqlens
 from ..reference.varlen_attention import effective_window
 
 _OP = "adaptkern.flops.attention_flops"
@@ -24,8 +24,11 @@ def _lengths(name, cu_seqlens) -> list:
             raise ValueError(f"{_OP}: {name} must be a 1-D integer tensor, got {cu_seqlens.dtype} "
                              f"of shape {tuple(cu_seqlens.shape)}")
         values = cu_seqlens.detach().to("cpu", torch.int64)  # the one host copy; the checks below read it
+    elif isinstance(cu_seqlens, (list, tuple, range, np.ndarray)):
+        values = torch.tensor([check_int(_OP, f"{name}[{i}]", v, minimum=0) for i, v in enumerate(cu_seqlens)],
+                              dtype=torch.int64)
     else:
-        values = torch.tensor(list(cu_seqlens), dtype=torch.int64)
+        raise TypeError(f"{_OP}: {name} must be a 1-D integer tensor or a list of ints, got {type(cu_seqlens).__name__}")
     if values.dim() != 1 or values.numel() < 1:
         raise ValueError(f"{_OP}: {name} must hold at least one entry (0)")
     _check_cu_values(_OP, name, values, None, None, None, None)
@@ -34,7 +37,10 @@ def _lengths(name, cu_seqlens) -> list:
 
 def check_window(op: str, window_size, causal: bool = False):
     """Validated ``window_size`` as (left, right) ints with ``causal`` folded into right
-    (-1 = unbounded side): TypeError for a non-int side, ValueError for anything else."""
+    (-1 = unbounded side): TypeError for a non-int side or a non-bool causal, ValueError for
+    anything else."""
+    if not isinstance(causal, (bool, np.bool_)):
+        raise TypeError(f"{op}: causal must be a bool, got {type(causal).__name__} {causal!r}")
     if not isinstance(window_size, (tuple, list)) or len(window_size) != 2:
         raise ValueError(f"{op}: window_size must be a pair (left, right), got {window_size!r}")
     for side, value in zip(("left", "right"), window_size):
@@ -42,7 +48,7 @@ def check_window(op: str, window_size, causal: bool = False):
             raise TypeError(f"{op}: window_size {side} must be an int, got {type(value).__name__}")
         if value < -1:
             raise ValueError(f"{op}: window_size {side} must be >= -1 (-1 = unbounded), got {value}")
-    return effective_window(causal, int(window_size[0]), int(window_size[1]))
+    return effective_window(bool(causal), int(window_size[0]), int(window_size[1]))
 
 
 def allowed_pairs(lengths_q, lengths_k, *, causal=False, window_size=(-1, -1)) -> int:

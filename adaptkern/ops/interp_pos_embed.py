@@ -189,11 +189,12 @@ def _check_grid_inputs(op, pos_embed, grid_sizes):
 
 
 def _grid_values(op, grid_sizes):
-    """(h, w) per sequence read on the host, each checked >= 1 (one host read)."""
+    """(h, w) per sequence read on the host, each checked >= 0 (one host read). A 0 is an
+    image without patches, as flexi_patch_embed_packed gives for a zero-size image."""
     grids = grid_sizes.detach().to("cpu", torch.int64)
-    if grids.numel() and int(grids.min()) < 1:
-        i = int(torch.nonzero((grids < 1).any(1))[0])
-        raise ValueError(f"{op}: grid_sizes[{i}] = {tuple(grids[i].tolist())}: grid sizes must be >= 1")
+    if grids.numel() and int(grids.min()) < 0:
+        i = int(torch.nonzero((grids < 0).any(1))[0])
+        raise ValueError(f"{op}: grid_sizes[{i}] = {tuple(grids[i].tolist())}: grid sizes must be >= 0")
     return grids
 
 
@@ -227,7 +228,7 @@ def interp_pos_embed(pos_embed: torch.Tensor, grid_sizes: torch.Tensor, *, mode:
 
     Args:
         pos_embed: (Gh, Gw, D) base grid; float16, bfloat16, float32 (float64: reference).
-        grid_sizes: int32 (S, 2), (h_i, w_i) >= 1 per sequence, on pos_embed's device.
+        grid_sizes: int32 (S, 2), (h_i, w_i) >= 0 per sequence (0: no tokens), on pos_embed's device.
         mode: "bilinear" or "bicubic". antialias: widen the filter when downsampling.
         align_corners: as F.interpolate's.
         backend: "reference", "triton", "cuda" or None (see DESIGN: dispatch).
@@ -269,7 +270,7 @@ def add_interp_pos_embed(tokens: torch.Tensor, pos_embed: torch.Tensor, grid_siz
     Args:
         tokens: (T, D) packed tokens; float16, bfloat16, float32 (float64: reference).
         pos_embed: (Gh, Gw, D) base grid, same device (any of those dtypes).
-        grid_sizes: int32 (S, 2), (h_i, w_i) >= 1.
+        grid_sizes: int32 (S, 2), (h_i, w_i) >= 0 (0: no patch tokens).
         cu_seqlens: int32 (S+1,): cu_seqlens[i+1] - cu_seqlens[i] == num_prefix_tokens + h_i*w_i.
         num_prefix_tokens, mode, antialias, align_corners, backend: see above and interp_pos_embed.
 

@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 import torch
 
 from .. import _backend, _ext
-from .._checks import check_cu_seqlens, check_int, check_tensor, lengths_from_cu_seqlens
+from .._checks import DTypeError, check_cu_seqlens, check_int, check_tensor, lengths_from_cu_seqlens, value_checks_enabled
 from ..reference import pack as reference
 
 _OP = "adaptkern.pack"
@@ -31,15 +31,35 @@ def cu_seqlens_from_lengths(lengths, device=None) -> torch.Tensor:
     """int32 (S+1,) cumulative lengths [0, l0, l0+l1, ...] from a list or 1-D int tensor."""
     if isinstance(lengths, torch.Tensor):
         check_tensor("cu_seqlens_from_lengths", "lengths", lengths, ndim=1)
-        if lengths.dtype.is_floating_point or lengths.dtype.is_complex:
-            raise ValueError(f"cu_seqlens_from_lengths: lengths must be integers, got {lengths.dtype}")
+        if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+            raise DTypeError(f"cu_seqlens_from_lengths: lengths must be integers, got {lengths.dtype}")
         lengths = lengths.to(device=device or lengths.device, dtype=torch.int64)
+        if value_checks_enabled(lengths):
+            _check_lengths(lengths.detach().to("cpu").tolist())
     else:
-        lengths = torch.as_tensor([check_int("cu_seqlens_from_lengths", f"lengths[{i}]", n, minimum=0)
-                                   for i, n in enumerate(lengths)], dtype=torch.int64, device=device)
+        if not isinstance(lengths, (list, tuple, range)):
+            raise TypeError(f"cu_seqlens_from_lengths: lengths must be a list of ints or a 1-D integer tensor, got "
+                            f"{type(lengths).__name__}")
+        lengths = _check_lengths([check_int("cu_seqlens_from_lengths", f"lengths[{i}]", n, minimum=0)
+                                  for i, n in enumerate(lengths)])
+        lengths = torch.as_tensor(lengths, dtype=torch.int64, device=device)
     cu = torch.zeros(lengths.numel() + 1, dtype=torch.int64, device=lengths.device)
     torch.cumsum(lengths, 0, out=cu[1:])
     return cu.to(torch.int32)
+
+
+_INT32_MAX = 2**31 - 1
+
+
+def _check_lengths(lengths: list) -> list:
+    """Python-int lengths, each >= 0, whose sum fits the int32 of cu_seqlens."""
+    for i, n in enumerate(lengths):
+        if n < 0:
+            raise ValueError(f"cu_seqlens_from_lengths: lengths[{i}] must be >= 0, got {n}")
+    if sum(lengths) > _INT32_MAX:
+        raise ValueError(f"cu_seqlens_from_lengths: the lengths sum to {sum(lengths)}, more than int32 cu_seqlens "
+                         f"can hold ({_INT32_MAX})")
+    return lengths
 
 
 def on_device(tensor: torch.Tensor):

@@ -31,7 +31,7 @@ _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 def _to_device(host: torch.Tensor, device) -> torch.Tensor:
     if torch.device(device).type == "cuda":  # pinned + non_blocking: no host sync
         return host.pin_memory().to(device, non_blocking=True)
-    return host
+    return host.to(device)  # a no-op on the CPU; meta tensors get meta metadata
 
 
 def _cuda_table(images, patch_h, patch_w):
@@ -67,20 +67,20 @@ def _run_forward(images, weight, bias, backend):
     embed_dim, chans, patch_h, patch_w = weight.shape
     if backend == "reference":
         if isinstance(images, torch.Tensor):
-            return reference.patch_embed(images, weight, bias).reshape(-1, embed_dim)
+            return reference.patch_embed(images, weight, bias).flatten(0, 1)
         return reference.patch_embed_packed(images, weight, bias)
     ref = images if isinstance(images, torch.Tensor) else images[0]
     num_tokens = reference.num_tokens(images, patch_h, patch_w)
     patches = torch.empty((num_tokens, chans * patch_h * patch_w), dtype=ref.dtype, device=ref.device)
     if num_tokens:
         _cuda_patches(images, patch_h, patch_w, chans, patches, gather=True)
-    flat = weight.reshape(embed_dim, -1)
+    flat = weight.reshape(embed_dim, chans * patch_h * patch_w)
     return patches @ flat.T if bias is None else torch.addmm(bias, patches, flat.T)
 
 
 def _run_grad_input(grad, images, weight, backend):
     embed_dim = weight.shape[0]
-    grad = grad.reshape(-1, embed_dim).contiguous()
+    grad = grad.flatten(0, -2).contiguous()
     if backend == "triton":
         return _backend.kernels("patch_embed").grad_input(grad, weight, images)
     if backend == "reference":
@@ -90,14 +90,14 @@ def _run_grad_input(grad, images, weight, backend):
         return [torch.empty_like(image).copy_(g) for image, g in zip(images, grads)]
     grads = torch.empty_like(images) if isinstance(images, torch.Tensor) else [torch.empty_like(x) for x in images]
     if grad.shape[0]:
-        patches = (grad @ weight.reshape(embed_dim, -1)).contiguous()
+        patches = (grad @ weight.reshape(embed_dim, weight[0].numel())).contiguous()
         _cuda_patches(grads, *weight.shape[2:], weight.shape[1], patches, gather=False)
     return grads
 
 
 def _run_grad_weight(grad, images, weight, backend):
     embed_dim, chans, patch_h, patch_w = weight.shape
-    grad = grad.reshape(-1, embed_dim).contiguous()
+    grad = grad.flatten(0, -2).contiguous()
     if backend == "triton":
         return _backend.kernels("patch_embed").grad_weight(grad, images, patch_h, patch_w, weight.dtype)
     if backend == "reference":
@@ -215,7 +215,7 @@ def _backward(ctx, grad):
         grad_weight = grad_weight_op(grad, images, weight, ctx.backend)
     if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
         accumulate = torch.promote_types(grad.dtype, torch.float32)
-        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0, dtype=accumulate).to(ctx.bias_dtype)
+        grad_bias = grad.flatten(0, -2).sum(0, dtype=accumulate).to(ctx.bias_dtype)
     return _no_grad(images, ctx.packed) if grad_input is None else grad_input, grad_weight, grad_bias, None
 
 
@@ -322,7 +322,9 @@ def _check_divisible(op, name, height, width, patch_h, patch_w):
 
 def _prepare(op, dtype, device, weight, bias, patch, interpolation, antialias, backend):
     """Backend name, compute dtype, and the resized weight and bias in that dtype."""
-    if dtype != torch.float64 and torch.is_autocast_enabled(device.type):
+    # meta (and other devices without autocast) raise in is_autocast_enabled: ask first.
+    if (dtype != torch.float64 and torch.amp.is_autocast_available(device.type)
+            and torch.is_autocast_enabled(device.type)):
         dtype = torch.get_autocast_dtype(device.type)
     name = _backend.resolve_backend(backend, device, op=op, gpu_preference=("triton", "cuda"), cuda_supported=True)
     if name == "triton" and dtype not in _TRITON_DTYPES:

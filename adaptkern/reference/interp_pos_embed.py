@@ -118,18 +118,44 @@ def _grids(grid_sizes):
     return [tuple(g) for g in grid_sizes.tolist()] if isinstance(grid_sizes, torch.Tensor) else list(grid_sizes)
 
 
+@lru_cache(maxsize=512)
+def _axis_taps_cpu(in_size, out_size, mode, antialias, align_corners, dtype):
+    return axis_taps(in_size, out_size, mode=mode, antialias=antialias, align_corners=align_corners, dtype=dtype)
+
+
+def resample_axis(x, out_size, *, mode, antialias, align_corners):
+    """Resize ``x`` (in, ...) along dim 0 to (out_size, ...): output o = sum over its first
+    count[o] taps of weight * x[index]. Each output reads only its own taps, as
+    F.interpolate does, so a NaN in x reaches exactly the outputs whose taps include it (a
+    dense matrix product would spread it through every zero weight). Like PyTorch, an
+    axis that keeps its size is copied (its taps are the identity) except by bicubic
+    without antialias, which runs its four taps, zero weights included."""
+    if x.shape[0] == out_size and (antialias or mode == "bilinear"):
+        return x
+    index, weight, count = _axis_taps_cpu(x.shape[0], out_size, mode, antialias, align_corners, x.dtype)
+    index, weight, count = index.to(x.device), weight.to(x.device), count.to(x.device)
+    used = torch.arange(index.shape[1], device=x.device) < count[:, None]  # (out, K)
+    trailing = (1,) * (x.dim() - 1)
+    terms = weight.view(*weight.shape, *trailing) * x[index]  # (out, K, ...)
+    return torch.where(used.view(*used.shape, *trailing), terms, torch.zeros((), dtype=x.dtype, device=x.device)).sum(1)
+
+
 def interp_pos_embed(pos_embed, grid_sizes, *, mode, antialias, align_corners, dtype=None):
     """(sum h_i*w_i, D) resampled blocks of ``pos_embed`` (Gh, Gw, D), one per grid (h_i, w_i),
-    computed in ``dtype`` (default: :func:`compute_dtype`). ``grid_sizes``: (S, 2) ints."""
+    computed in ``dtype`` (default: :func:`compute_dtype`). ``grid_sizes``: (S, 2) ints; a
+    grid with h_i or w_i = 0 has no block."""
     base_h, base_w, dim = pos_embed.shape
     dtype = dtype or compute_dtype(pos_embed.dtype)
     grids = _grids(grid_sizes)
-    table = pos_embed.to(dtype).reshape(base_h, base_w * dim)
-    opts = dict(mode=mode, antialias=antialias, align_corners=align_corners, dtype=dtype, device=pos_embed.device)
+    table = pos_embed.to(dtype)
+    opts = dict(mode=mode, antialias=antialias, align_corners=align_corners)
     blocks = {}
     for h, w in dict.fromkeys(grids):
-        rows = (resize_matrix(base_h, h, **opts) @ table).reshape(h, base_w, dim)
-        blocks[h, w] = torch.einsum("cb,rbd->rcd", resize_matrix(base_w, w, **opts), rows).reshape(h * w, dim)
+        if h * w == 0:
+            blocks[h, w] = table.new_zeros((0, dim))
+            continue
+        rows = resample_axis(table, h, **opts)  # (h, Gw, D)
+        blocks[h, w] = resample_axis(rows.transpose(0, 1), w, **opts).transpose(0, 1).reshape(h * w, dim)
     if not grids:
         return pos_embed.new_zeros((0, dim), dtype=dtype)
     return torch.cat([blocks[g] for g in grids])
@@ -172,6 +198,8 @@ def interp_pos_embed_backward(grad, grid_sizes, cu_seqlens, num_prefix_tokens, b
         summed[h, w] = summed[h, w] + block if (h, w) in summed else block
     result = grad.new_zeros((base_h, base_w, dim), dtype=dtype)
     for (h, w), block in summed.items():
+        if h * w == 0:
+            continue
         cols = torch.einsum("cb,rcd->rbd", resize_matrix(base_w, w, **opts), block)
         result += (resize_matrix(base_h, h, **opts).T @ cols.reshape(h, base_w * dim)).reshape(base_h, base_w, dim)
     return result

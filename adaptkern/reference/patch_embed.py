@@ -52,11 +52,11 @@ def _compute_dtype(dtype):
 def patch_embed(images, weight, bias):
     """images (B, C, H, W), weight (D, C, ph, pw), bias (D,) or None -> (B, N, D) in images'
     dtype; equals conv2d(images, weight, bias, stride=(ph, pw)).flatten(2).transpose(1, 2)."""
-    embed_dim, _, patch_h, patch_w = weight.shape
+    embed_dim, chans, patch_h, patch_w = weight.shape
     batch, _, height, width = images.shape
     compute = _compute_dtype(images.dtype)
     patches = patchify(images.to(compute), patch_h, patch_w)
-    tokens = F.linear(patches, weight.reshape(embed_dim, -1).to(compute),
+    tokens = F.linear(patches, weight.reshape(embed_dim, chans * patch_h * patch_w).to(compute),
                       None if bias is None else bias.to(compute))
     return tokens.to(images.dtype).reshape(batch, (height // patch_h) * (width // patch_w), embed_dim)
 
@@ -65,7 +65,8 @@ def patch_embed_grad_input(grad_tokens, weight, images):
     """grad_tokens (B, N, D), weight (D, C, ph, pw) -> grad of images, (B, C, H, W) in images' dtype."""
     embed_dim, chans, patch_h, patch_w = weight.shape
     compute = _compute_dtype(grad_tokens.dtype)
-    grad_patches = grad_tokens.reshape(-1, embed_dim).to(compute) @ weight.reshape(embed_dim, -1).to(compute)
+    grad_patches = (grad_tokens.flatten(0, -2).to(compute)
+                    @ weight.reshape(embed_dim, chans * patch_h * patch_w).to(compute))
     return unpatchify(grad_patches, images.shape[0], chans, images.shape[2], images.shape[3], patch_h,
                       patch_w).to(images.dtype)
 
@@ -75,7 +76,7 @@ def patch_embed_grad_weight(grad_tokens, images, patch_h, patch_w, dtype):
     embed_dim, chans = grad_tokens.shape[-1], images.shape[1]
     compute = _compute_dtype(grad_tokens.dtype)
     patches = patchify(images.to(compute), patch_h, patch_w)
-    grad = grad_tokens.reshape(-1, embed_dim).to(compute).T @ patches
+    grad = grad_tokens.flatten(0, -2).to(compute).T @ patches
     return grad.reshape(embed_dim, chans, patch_h, patch_w).to(dtype)
 
 

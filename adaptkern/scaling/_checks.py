@@ -54,6 +54,17 @@ def as_columns(fn: str, n_params: int, **columns) -> list:
     return list(arrays.values())
 
 
+def check_spread(fn: str, name: str, values: np.ndarray, minimum: int, why: str) -> None:
+    """Raise unless ``values`` (a predictor) takes at least ``minimum`` distinct values: a law
+    fitted along a predictor that barely varies has parameters the data cannot determine,
+    and an optimizer still reports them as converged."""
+    distinct = np.unique(values)
+    if len(distinct) < minimum:
+        shown = ", ".join(f"{v:.6g}" for v in distinct[:4]) + (", ..." if len(distinct) > 4 else "")
+        raise ValueError(f"{fn}: {name} takes {len(distinct)} distinct value{'s' if len(distinct) != 1 else ''} "
+                         f"({shown}); {why}: pass data with at least {minimum} distinct {name} values")
+
+
 def as_real(fn: str, name: str, value) -> float:
     """A scalar argument as a finite float."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

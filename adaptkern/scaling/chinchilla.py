@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from . import bootstrap
 from ._blas import single_threaded_blas
-from ._checks import as_columns, as_real
+from ._checks import as_columns, as_data, as_real, check_spread
 from ._fitting import best_result, record_fit
 from .law import ScalingLaw, as_float_array, output
 
@@ -78,15 +78,21 @@ def fit_chinchilla(N, D, loss, *, delta=1e-3, init_grid=None, n_boot=0, seed=Non
     """
     bootstrap.check_settings(FN, n_boot, confidence)
     N, D, loss = as_columns(FN, 5, N=N, D=D, loss=loss)
+    check_spread(FN, "N", N, 3, "A / N^alpha needs 3 model sizes to fix A and alpha apart from E")
+    check_spread(FN, "D", D, 3, "B / D^beta needs 3 token counts to fix B and beta apart from E")
     delta = as_real(FN, "delta", delta)
     if delta <= 0:
         raise ValueError(f"{FN}: delta must be > 0, got {delta}")
     objective = _objective(np.log(N), np.log(D), np.log(loss), delta)
     grid = dict(INIT_GRID)
+    if init_grid is not None and not isinstance(init_grid, dict):
+        raise TypeError(f"{FN}: init_grid must be a dict {{name: values}}, got {type(init_grid).__name__}")
     for key, values in (init_grid or {}).items():
         if key not in grid:
             raise ValueError(f"{FN}: init_grid keys must be among {', '.join(grid)}, got {key!r}")
-        grid[key] = np.atleast_1d(np.asarray(values, dtype=np.float64))
+        grid[key] = as_data(FN, f"init_grid[{key!r}]", np.atleast_1d(values), positive=False)
+        if grid[key].size == 0:
+            raise ValueError(f"{FN}: init_grid[{key!r}] must hold at least one start value, got none")
     starts = np.array(list(itertools.product(*grid.values())))
     results = [minimize(objective, theta0, jac=True, method="L-BFGS-B")
                for theta0 in tqdm(starts, desc=f"{FN}: L-BFGS from the init grid",

@@ -35,6 +35,11 @@ def read_csv(path) -> dict:
             raise ValueError(f"read_csv: {path} has no header row")
         columns = {name: [] for name in reader.fieldnames}
         for row in reader:
+            # DictReader fills a short row with None and keeps a long row's surplus under None.
+            if None in row or any(value is None for value in row.values()):
+                fields = len(row) - 1 + len(row[None]) if None in row else sum(v is not None for v in row.values())
+                raise ValueError(f"read_csv: {path} line {reader.line_num} has {fields} fields but the header has "
+                                 f"{len(reader.fieldnames)}; fix or delete that row")
             for name in reader.fieldnames:
                 columns[name].append(row[name])
     return columns

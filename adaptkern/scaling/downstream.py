@@ -6,7 +6,7 @@ import numpy as np
 
 from . import bootstrap
 from ._blas import single_threaded_blas
-from ._checks import as_columns
+from ._checks import as_columns, check_spread
 from ._fitting import linear_fit, multistart_least_squares, record_fit
 from .law import ScalingLaw, as_float_array, output
 
@@ -43,6 +43,7 @@ def fit_downstream(loss, err, *, n_boot=0, seed=None, confidence=0.95, progress=
     """
     bootstrap.check_settings(FN, n_boot, confidence)
     loss, err = as_columns(FN, 3, loss=loss, err=err)
+    check_spread(FN, "loss", loss, 3, "epsilon - k exp(-gamma L) has 3 parameters to fix along the loss")
     starts = [np.ones(3), *_projected_starts(loss, err)]
     result = _fit(loss, err, starts)
     law = record_fit(FN, DownstreamLaw(**dict(zip(DownstreamLaw.param_names, result.x))),

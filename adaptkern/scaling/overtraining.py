@@ -9,7 +9,7 @@ import numpy as np
 
 from . import bootstrap
 from ._blas import single_threaded_blas
-from ._checks import as_columns
+from ._checks import as_columns, check_spread
 from ._fitting import linear_fit, multistart_least_squares, record_fit
 from .law import ScalingLaw, as_float_array, output
 
@@ -70,6 +70,14 @@ def fit_overtraining(N, D, loss, *, n_boot=0, seed=None, confidence=0.95, progre
         raise ValueError(f"{FN}: N and D must give at least 2 distinct token multipliers M = D/N (with one, "
                          f"a M^eta + b M^-eta is a single constant and a, b cannot be told apart); "
                          f"every point has M = {np.exp(log_m[0]):.6g}")
+    # L = E + a 6^-eta N^-2eta + b 6^-eta D^-2eta: with one N (one D) the a (b) term is a
+    # constant that E absorbs; the 4 parameters need n_N + n_D >= 5 distinct values.
+    check_spread(FN, "N", N, 2, "with one model size a M^eta C^-eta = a (6 N^2)^-eta is a constant that E absorbs")
+    check_spread(FN, "D", D, 2, "with one token count b M^-eta C^-eta = b (6 D^2)^-eta is a constant that E absorbs")
+    if len(np.unique(N)) + len(np.unique(D)) < 5:
+        raise ValueError(f"{FN}: N and D take {len(np.unique(N))} and {len(np.unique(D))} distinct values; the law "
+                         "(E + a' N^-2eta + b' D^-2eta) has 4 parameters and needs at least 5 distinct values of N "
+                         "and D together (e.g. 2 model sizes and 3 token counts)")
     starts = [np.array(s) for s in itertools.product(*INIT_GRID.values())] + [_projected_start(log_c, log_m, loss)]
     result = _fit(log_c, log_m, loss, starts)
     law = record_fit(FN, OvertrainingLaw(**dict(zip(OvertrainingLaw.param_names, result.x))),

@@ -72,8 +72,12 @@ def load(folder, identity: dict):
     path = os.path.join(folder, CHECKPOINT)
     if not os.path.exists(path):
         return None
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if ckpt.get("format") != _FORMAT:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # truncated or corrupt: torch.load raises many kinds (EOFError, RuntimeError, OSError ...)
+        raise ValueError(f"{path} cannot be read, it is truncated or corrupt ({type(error).__name__}: {error}); delete "
+                         "it to retrain this run from its start, or resume from another output folder") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != _FORMAT:
         raise ValueError(f"{path}: not an adaptkern training checkpoint")
     if ckpt["identity"] != identity:
         differ = sorted(k for k in set(identity) | set(ckpt["identity"])

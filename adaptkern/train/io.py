@@ -28,9 +28,17 @@ def write_json(path, data) -> str:
     return atomic_write(path, lambda f: f.write((json.dumps(jsonable(data), indent=1) + "\n").encode()))
 
 
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
+def read_json(path, *, what="JSON file", remedy="delete it to write it anew"):
+    """The JSON object in ``path``; a file that does not parse (cut short by a crash, or
+    edited) is a ValueError naming the file, saying what it is and what to do."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not a readable {what} (truncated or corrupt: {error}); {remedy}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a readable {what} (it holds a {type(data).__name__}, not an object); {remedy}")
+    return data
 
 
 def torch_save(path, obj) -> str:

@@ -14,6 +14,8 @@ class ShapeSchedule:
         if not self.segments:
             raise ValueError("ShapeSchedule: segments must hold at least one (shape, compute_end)")
         ends = [float(end) for _, end in self.segments]
+        if any(math.isnan(end) or end < 0 for end in ends):
+            raise ValueError(f"ShapeSchedule: compute_end values must be numbers >= 0, got {ends}")
         if any(b <= a for a, b in zip(ends, ends[1:])):
             raise ValueError(f"ShapeSchedule: compute_end values must increase, got {ends}")
         if ends[-1] != math.inf:
