@@ -26,6 +26,7 @@ from scipy.optimize import brentq
 
 _OP = "adaptkern.schedule.optimal_schedule"
 _LAW_METHODS = ("predict", "inverse", "d_inverse")
+_MAX_GRID = 2**20
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,7 @@ def optimal_schedule(laws, target_loss, start_loss=None, switch_cost=0.0, *, gri
         start_loss: the loss training starts from. Default: the highest loss any law predicts
             at C=0 (a fresh model of that shape), so every shape starts from scratch.
         switch_cost: compute charged for each switch (>= 0, in the laws' compute units).
-        grid_size: loss levels scanned between start and target (more: finer scan).
+        grid_size: loss levels scanned between start and target (more: finer scan), 16 to 2**20.
 
     Returns:
         ``Plan``. With ``switch_cost == 0`` the plan follows the cheapest shape at every loss
@@ -234,8 +235,8 @@ def optimal_schedule(laws, target_loss, start_loss=None, switch_cost=0.0, *, gri
         raise ValueError(f"{_OP}: switch_cost must be >= 0, got {kappa}")
     if isinstance(grid_size, bool) or not isinstance(grid_size, numbers.Integral):
         raise TypeError(f"{_OP}: grid_size must be an int >= 16, got {type(grid_size).__name__}")
-    if grid_size < 16:
-        raise ValueError(f"{_OP}: grid_size must be an int >= 16, got {grid_size}")
+    if not 16 <= grid_size <= _MAX_GRID:  # a finer scan gains nothing and would fill the memory
+        raise ValueError(f"{_OP}: grid_size must be an int in [16, {_MAX_GRID}], got {grid_size}")
     if all(s.c >= target for s in shapes):
         asymptotes = ", ".join(f"{s.key!r}: {s.c:.6g}" for s in shapes)
         raise ValueError(f"{_OP}: no shape reaches target_loss={target:.6g}; their asymptotes c are {{{asymptotes}}}")

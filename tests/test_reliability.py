@@ -343,3 +343,26 @@ def test_a_corrupt_ledger_names_the_file(tmp_path):
     path.write_text('{"phases": {')
     with pytest.raises(ValueError, match=rf"FlopLedger.load: {path} is not a readable ledger"):
         ak.flops.FlopLedger.load(path)
+
+
+# ----------------------------------------------------------------------------- found beyond the list
+
+def test_fits_name_a_bad_bootstrap_seed_before_fitting():
+    compute, loss = np.geomspace(1e14, 1e18, 8), 2 + 5 * np.geomspace(1, 1e4, 8) ** -0.3
+    with pytest.raises(TypeError, match=r"^fit_shape_law: seed must be None or an int >= 0, got 'x'"):
+        scaling.fit_shape_law(compute, loss, n_boot=2, seed="x")
+    with pytest.raises(ValueError, match=r"^fit_downstream: seed must be None or an int >= 0, got -1"):
+        scaling.fit_downstream(loss, loss / 10, n_boot=2, seed=-1)
+
+
+def test_optimal_schedule_bounds_grid_size():
+    laws = {"a": ShapeLaw(c=1.0, a=10.0, b=0.3, d=1.0), "b": ShapeLaw(c=0.5, a=20.0, b=0.25, d=10.0)}
+    with pytest.raises(ValueError, match=r"grid_size must be an int in \[16, 1048576\], got 1000000000"):
+        ak.schedule.optimal_schedule(laws, 1.5, grid_size=10**9)  # (it used to try to allocate the grid)
+
+
+def test_attention_flops_head_counts_are_typed():
+    with pytest.raises(TypeError, match="num_heads must be an int, got float"):
+        ak.flops.attention_flops([0, 4], [0, 4], 1.5, 8)
+    with pytest.raises(ValueError, match="head_dim must be >= 0, got -8"):
+        ak.flops.attention_flops([0, 4], [0, 4], 1, -8)

@@ -86,8 +86,7 @@ def attention_flops(cu_seqlens_q, cu_seqlens_k, num_heads, head_dim, *, causal=F
         causal, window_size: the mask, as ``ak.varlen_attention`` takes it.
     """
     for name, value in (("num_heads", num_heads), ("head_dim", head_dim)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise ValueError(f"{_OP}: {name} must be an int >= 0, got {value!r}")
+        check_int(_OP, name, value, minimum=0)
     pairs = allowed_pairs(_lengths("cu_seqlens_q", cu_seqlens_q), _lengths("cu_seqlens_k", cu_seqlens_k),
                           causal=causal, window_size=window_size)
     return 4 * int(num_heads) * int(head_dim) * pairs

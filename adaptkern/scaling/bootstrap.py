@@ -2,6 +2,7 @@
 percentile intervals of every parameter (and, through ``ScalingLaw.interval``, of any
 prediction)."""
 
+import numbers
 import warnings
 
 import numpy as np
@@ -16,8 +17,11 @@ from .law import ConvergenceWarning, percentile_interval
 _MAX_REDRAWS = 1000
 
 
-def check_settings(fn, n_boot, confidence):
+def check_settings(fn, n_boot, confidence, seed=None):
     """Validate the bootstrap arguments up front, before a fit spends any time."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+        raise (ValueError if isinstance(seed, numbers.Integral) and not isinstance(seed, bool) else TypeError)(
+            f"{fn}: seed must be None or an int >= 0, got {seed!r}")
     return check_n_boot(fn, n_boot), check_confidence(fn, confidence)
 
 

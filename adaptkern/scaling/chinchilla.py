@@ -76,7 +76,7 @@ def fit_chinchilla(N, D, loss, *, delta=1e-3, init_grid=None, n_boot=0, seed=Non
     run is kept, ``fit_info["converged"]`` is False and a ConvergenceWarning carries
     L-BFGS-B's message.
     """
-    bootstrap.check_settings(FN, n_boot, confidence)
+    bootstrap.check_settings(FN, n_boot, confidence, seed)
     N, D, loss = as_columns(FN, 5, N=N, D=D, loss=loss)
     check_spread(FN, "N", N, 3, "A / N^alpha needs 3 model sizes to fix A and alpha apart from E")
     check_spread(FN, "D", D, 3, "B / D^beta needs 3 token counts to fix B and beta apart from E")

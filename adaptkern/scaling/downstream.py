@@ -41,7 +41,7 @@ def fit_downstream(loss, err, *, n_boot=0, seed=None, confidence=0.95, progress=
     keeps the lowest sum of squares among converged runs. A fit with no converged run
     warns (ConvergenceWarning) with the optimizer's message.
     """
-    bootstrap.check_settings(FN, n_boot, confidence)
+    bootstrap.check_settings(FN, n_boot, confidence, seed)
     loss, err = as_columns(FN, 3, loss=loss, err=err)
     check_spread(FN, "loss", loss, 3, "epsilon - k exp(-gamma L) has 3 parameters to fix along the loss")
     starts = [np.ones(3), *_projected_starts(loss, err)]

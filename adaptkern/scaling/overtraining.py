@@ -63,7 +63,7 @@ def fit_overtraining(N, D, loss, *, n_boot=0, seed=None, confidence=0.95, progre
     lowest sum of squares among converged runs; a fit with no converged run warns
     (ConvergenceWarning) with the optimizer's message.
     """
-    bootstrap.check_settings(FN, n_boot, confidence)
+    bootstrap.check_settings(FN, n_boot, confidence, seed)
     N, D, loss = as_columns(FN, 4, N=N, D=D, loss=loss)
     log_c, log_m = np.log(6 * N * D), np.log(D / N)
     if not _several_multipliers(log_m):

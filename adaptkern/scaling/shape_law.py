@@ -64,7 +64,7 @@ def fit_shape_law(compute, loss, *, d=None, n_boot=0, seed=None, confidence=0.95
     A fit whose optimizer does not converge emits a ConvergenceWarning with the
     optimizer's message and records ``fit_info["converged"] = False``.
     """
-    bootstrap.check_settings(FN, n_boot, confidence)
+    bootstrap.check_settings(FN, n_boot, confidence, seed)
     fixed_d = None if d is None else as_real(FN, "d", d)
     if fixed_d is not None and fixed_d < 0:
         raise ValueError(f"{FN}: d must be >= 0, got {d}")

@@ -75,8 +75,9 @@ def load(folder, identity: dict):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # truncated or corrupt: torch.load raises many kinds (EOFError, RuntimeError, OSError ...)
-        raise ValueError(f"{path} cannot be read, it is truncated or corrupt ({type(error).__name__}: {error}); delete "
-                         "it to retrain this run from its start, or resume from another output folder") from None
+        detail = str(error).split(". ")[0]  # torch's own advice runs on for lines
+        raise ValueError(f"{path} cannot be read, it is truncated or corrupt ({type(error).__name__}: {detail}); "
+                         "delete it to retrain this run from its start, or resume from another output folder") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != _FORMAT:
         raise ValueError(f"{path}: not an adaptkern training checkpoint")
     if ckpt["identity"] != identity:
