@@ -111,7 +111,7 @@ def test_too_few_evals_is_refused_up_front(tmp_path, capsys, command, evals):
     extra = ["--fast"] if command == "demo" else ["--shape", "p8"]
     assert main([command, "--evals", evals, "--target-loss", "2", "--out", str(tmp_path / "out"), "--no-progress",
                  *extra]) == 2
-    assert f"--evals must be at least 2, got {evals}" in capsys.readouterr().err
+    assert f"--evals: must be an integer >= 2, got {evals}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -225,10 +225,7 @@ def test_optimal_schedule_rejects_a_duck_law_that_returns_nan():
 
 def _cli_error(capsys, argv):
     """Run the CLI; return its one stderr line after asserting exit status 2."""
-    try:
-        code = cli.main(argv)  # errors found while running return 2 ...
-    except SystemExit as exit_info:  # ... argparse's (a flag's type) exit 2
-        code = exit_info.code
+    code = cli.main(argv)
     err = capsys.readouterr().err
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
@@ -366,3 +363,12 @@ def test_attention_flops_head_counts_are_typed():
         ak.flops.attention_flops([0, 4], [0, 4], 1.5, 8)
     with pytest.raises(ValueError, match="head_dim must be >= 0, got -8"):
         ak.flops.attention_flops([0, 4], [0, 4], 1, -8)
+
+
+def test_models_check_their_sizes():
+    with pytest.raises(ValueError, match="PackedViT: depth must be >= 0, got -1"):
+        ak.models.PackedViT(num_classes=10, dim=16, num_heads=2, depth=-1)
+    with pytest.raises(TypeError, match="PackedViT: num_classes must be an int, got float"):
+        ak.models.PackedViT(num_classes=10.0, dim=16, num_heads=2)
+    with pytest.raises(ValueError, match="PackedLM: vocab_size must be >= 1, got 0"):
+        ak.models.PackedLM(vocab_size=0, dim=16, num_heads=2, depth=1)

@@ -24,7 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command line; returns the exit status (2 for bad input, with one line on
+    stderr saying which flag and what it must be)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a flag argparse refused (2): a status, as run errors give
+        return exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
     return int(args.func(args) or 0)
 
 

@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .._checks import check_int
 from .transformer import Block, segment_ids
 
 
@@ -19,6 +20,8 @@ class PackedLM(nn.Module):
     def __init__(self, *, vocab_size: int, dim: int = 64, depth: int = 2, num_heads: int = 4,
                  mlp_ratio: float = 4.0, backend: Optional[str] = None):
         super().__init__()
+        check_int("PackedLM", "vocab_size", vocab_size)
+        check_int("PackedLM", "depth", depth, minimum=0)
         self.config = dict(vocab_size=vocab_size, dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio)
         self.backend = backend
         self.embed = nn.Embedding(vocab_size, dim)

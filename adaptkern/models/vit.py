@@ -7,6 +7,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
+from .._checks import check_int
 from ..nn import FlexiPatchEmbed, InterpPosEmbed
 from .transformer import Block, segment_ids
 
@@ -30,6 +31,8 @@ class PackedViT(nn.Module):
     def __init__(self, *, num_classes: int, in_chans: int = 3, dim: int = 64, depth: int = 2, num_heads: int = 4,
                  mlp_ratio: float = 2.0, base_patch_size: int = 8, pos_grid=(8, 8), backend: Optional[str] = None):
         super().__init__()
+        check_int("PackedViT", "num_classes", num_classes)
+        check_int("PackedViT", "depth", depth, minimum=0)
         self.config = dict(num_classes=num_classes, in_chans=in_chans, dim=dim, depth=depth, num_heads=num_heads,
                            mlp_ratio=mlp_ratio, base_patch_size=base_patch_size, pos_grid=tuple(pos_grid))
         self.backend = backend
