@@ -269,7 +269,8 @@ def test_bad_input():
         (dict(laws=good, target_loss=1.5, switch_cost=-1.0), ValueError, "switch_cost"),
         (dict(laws={"a": PowerLaw(1.0, 1.0, 0.5)}, target_loss=1.5), ValueError, "start_loss"),
         (dict(laws=good, target_loss=1.5, grid_size=100.0), TypeError, "grid_size must be an int >= 16, got float"),
-        (dict(laws=good, target_loss=1.5, grid_size=8), ValueError, r"grid_size must be an int in \[16, 1048576\], got 8"),
+        (dict(laws=good, target_loss=1.5, grid_size=8), ValueError,
+         r"grid_size must be an int in \[16, 1048576\], got 8"),
     ]
     for kwargs, error, message in cases:
         with pytest.raises(error, match=message):

@@ -20,8 +20,9 @@ def add_run_arguments(parser, *, model_help: str) -> None:
     parser.add_argument("--target-loss", type=positive_float, metavar="L", help="the target loss")
     parser.add_argument("--batch-size", type=int_at_least(1), metavar="B", help="global images per step (vit)")
     parser.add_argument("--tokens-per-batch", type=int_at_least(1), metavar="T", help="global tokens per step (lm)")
-    parser.add_argument("--device", type=device, help="cpu, cuda, cuda:1 ... (default: cuda when available; under torchrun one "
-                                         "GPU per rank)")
+    parser.add_argument("--device", type=device,
+                        help="cpu, cuda, cuda:1 ... (default: cuda when available; under torchrun one "
+                             "GPU per rank)")
     parser.add_argument("--threads", type=int_at_least(1), metavar="N", help="CPU threads for torch (default 1 on CPU)")
     parser.add_argument("--seed", type=int_at_least(0), default=0, help="data and model seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

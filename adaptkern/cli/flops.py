@@ -61,15 +61,18 @@ def register(subparsers) -> None:
                     f"sample to the largest would execute. Models: {presets}.")
     parser.add_argument("--model", default="vit-b", choices=sorted(MODELS), help="model config (default vit-b)")
     vit = parser.add_argument_group("ViT shapes")
-    vit.add_argument("--patch-sizes", type=int_at_least(1), nargs="+", metavar="P", help="patch sizes (default: the preset's)")
+    vit.add_argument("--patch-sizes", type=int_at_least(1), nargs="+", metavar="P",
+                     help="patch sizes (default: the preset's)")
     vit.add_argument("--image-size", metavar="S", help="image size, 224 or HxW (default: the preset's)")
     vit.add_argument("--resolutions", nargs="+", metavar="S",
                      help="a mixed-resolution batch (sizes 224 or HxW, cycled to --batch-size): packed vs padded")
     lm = parser.add_argument_group("LM shapes")
-    lm.add_argument("--context-lengths", type=int_at_least(1), nargs="+", metavar="L", help="context lengths (default: preset's)")
+    lm.add_argument("--context-lengths", type=int_at_least(1), nargs="+", metavar="L",
+                    help="context lengths (default: preset's)")
     lm.add_argument("--mixed-lengths", type=int_at_least(1), nargs="+", metavar="L",
                     help="a packed batch of sequences of these lengths (cycled to --batch-size): packed vs padded")
-    parser.add_argument("--batch-size", type=int_at_least(1), default=1, metavar="B", help="samples per step (default 1)")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=1, metavar="B",
+                        help="samples per step (default 1)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON (exact integers)")
     parser.add_argument("--out", metavar="FILE.json", help="also write the JSON report to FILE.json")
     parser.add_argument("--plot", metavar="FILE.png", help="plot FLOPs per sample vs shape by layer type")

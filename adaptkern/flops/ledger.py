@@ -295,7 +295,8 @@ class FlopLedger:
                 return cls()
             raise
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"FlopLedger.load: {path} is not a readable ledger (truncated or corrupt: {error})") from None
+            raise ValueError(f"FlopLedger.load: {path} is not a readable ledger (truncated or corrupt: "
+                             f"{error})") from None
         return cls.from_dict(data)
 
 

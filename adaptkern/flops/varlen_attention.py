@@ -28,7 +28,8 @@ def _lengths(name, cu_seqlens) -> list:
         values = torch.tensor([check_int(_OP, f"{name}[{i}]", v, minimum=0) for i, v in enumerate(cu_seqlens)],
                               dtype=torch.int64)
     else:
-        raise TypeError(f"{_OP}: {name} must be a 1-D integer tensor or a list of ints, got {type(cu_seqlens).__name__}")
+        raise TypeError(f"{_OP}: {name} must be a 1-D integer tensor or a list of ints, got "
+                        f"{type(cu_seqlens).__name__}")
     if values.dim() != 1 or values.numel() < 1:
         raise ValueError(f"{_OP}: {name} must hold at least one entry (0)")
     _check_cu_values(_OP, name, values, None, None, None, None)

@@ -13,7 +13,8 @@ from typing import NamedTuple, Optional, Sequence, Union
 import torch
 
 from .. import _backend, _ext
-from .._checks import DTypeError, check_cu_seqlens, check_int, check_tensor, lengths_from_cu_seqlens, value_checks_enabled
+from .._checks import (DTypeError, check_cu_seqlens, check_int, check_tensor, lengths_from_cu_seqlens,
+                       value_checks_enabled)
 from ..reference import pack as reference
 
 _OP = "adaptkern.pack"

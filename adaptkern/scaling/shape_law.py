@@ -70,7 +70,8 @@ def fit_shape_law(compute, loss, *, d=None, n_boot=0, seed=None, confidence=0.95
         raise ValueError(f"{FN}: d must be >= 0, got {d}")
     n_free = 3 if fixed_d is not None else 4
     compute, loss = as_columns(FN, n_free, compute=compute, loss=loss)
-    check_spread(FN, "compute", compute, n_free, f"c + a (C + d)^-b has {n_free} free parameters to fix along the compute")
+    check_spread(FN, "compute", compute, n_free,
+                 f"c + a (C + d)^-b has {n_free} free parameters to fix along the compute")
     params, result, starts = _fit(compute, loss, fixed_d, start=None)
     law = record_fit(FN, ShapeLaw(**dict(zip(ShapeLaw.param_names, params))), objective=2 * result.cost,
                      converged=result.success, message=result.message, n_points=len(loss), n_starts=starts,

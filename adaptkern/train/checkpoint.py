@@ -74,7 +74,7 @@ def load(folder, identity: dict):
         return None
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # truncated or corrupt: torch.load raises many kinds (EOFError, RuntimeError, OSError ...)
+    except Exception as error:  # truncated or corrupt: torch.load raises many kinds (EOFError, RuntimeError ...)
         detail = str(error).split(". ")[0]  # torch's own advice runs on for lines
         raise ValueError(f"{path} cannot be read, it is truncated or corrupt ({type(error).__name__}: {detail}); "
                          "delete it to retrain this run from its start, or resume from another output folder") from None

@@ -38,7 +38,8 @@ def run_sweep(task, shapes, config: RunConfig, out_dir, *, device="cpu", resume:
         path = os.path.join(out_dir, f"{name}.json")
         if resume and os.path.exists(path):
             record = read_json(path, what=f"record of the finished sweep run {name}",
-                               remedy=f"delete it and rerun with --resume: run {name} then continues from its checkpoint")
+                               remedy=f"delete it and rerun with --resume: run {name} then continues from its "
+                                      "checkpoint")
             if record.get("identity") != identity:
                 raise ValueError(f"{path} holds a run with a different configuration; use another output folder "
                                  "or run without resume")
