@@ -372,3 +372,11 @@ def test_models_check_their_sizes():
         ak.models.PackedViT(num_classes=10.0, dim=16, num_heads=2)
     with pytest.raises(ValueError, match="PackedLM: vocab_size must be >= 1, got 0"):
         ak.models.PackedLM(vocab_size=0, dim=16, num_heads=2, depth=1)
+
+
+def test_shape_schedule_rejects_nan_and_negative_ends():
+    from adaptkern.train import ShapeSchedule
+
+    for end in (math.nan, -5.0):
+        with pytest.raises(ValueError, match="compute_end values must be numbers >= 0"):
+            ShapeSchedule((("p16", end), ("p8", math.inf)))

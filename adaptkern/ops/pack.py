@@ -29,7 +29,11 @@ class Packed(NamedTuple):
 
 
 def cu_seqlens_from_lengths(lengths, device=None) -> torch.Tensor:
-    """int32 (S+1,) cumulative lengths [0, l0, l0+l1, ...] from a list or 1-D int tensor."""
+    """int32 (S+1,) cumulative lengths [0, l0, l0+l1, ...] from a list or 1-D int tensor.
+
+    Every length must be >= 0 and their sum fit int32 (ValueError otherwise); a tensor's
+    values are read on the host for that check while value checks are on (see
+    ``adaptkern.set_validation``)."""
     if isinstance(lengths, torch.Tensor):
         check_tensor("cu_seqlens_from_lengths", "lengths", lengths, ndim=1)
         if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
