@@ -14,7 +14,8 @@ from .ops.patch_embed import PackedPatches, flexi_patch_embed, flexi_patch_embed
 from .ops.pi_resize import pi_resize, pi_resize_matrix
 from .ops.interp_pos_embed import add_interp_pos_embed, interp_pos_embed
 from .ops.varlen_attention import flash_attn_varlen_func, varlen_attention
-from . import flops, models, nn, scaling, schedule, train
+from .integrations.prefix import prepend_prefix_tokens
+from . import flops, integrations, models, nn, scaling, schedule, train
 
 __all__ = [
     "BACKENDS",
@@ -29,12 +30,14 @@ __all__ = [
     "flexi_patch_embed",
     "flexi_patch_embed_packed",
     "flops",
+    "integrations",
     "interp_pos_embed",
     "models",
     "nn",
     "pack",
     "pi_resize",
     "pi_resize_matrix",
+    "prepend_prefix_tokens",
     "scaling",
     "schedule",
     "set_validation",
