@@ -126,7 +126,7 @@ class PackedViT(nn.Module):
         q, k = attn.q_norm(q), attn.k_norm(k)
         out = varlen_attention(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
                                softmax_scale=attn.scale, backend=self.backend)
-        out = attn.norm(out.reshape(total, attn.attn_dim))
+        out = attn.norm(out.reshape(total, -1))
         if gate is not None:
             out = out * gate
         return attn.proj_drop(attn.proj(out))[None]
