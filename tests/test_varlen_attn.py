@@ -91,3 +91,19 @@ def test_torch_rules_and_unsupported_options():
             ak.varlen_attn(q, k, k, cu, cu, 4, 4, enable_gqa=True, **{name: value})
     with pytest.raises(NotImplementedError, match="cu_seq_k=None"):
         ak.varlen_attn(q, k, k, cu, None, 4, 4, enable_gqa=True)
+
+
+def test_torch_flop_count_beside_ours():
+    """The benchmark's torch varlen peer carries what torch's FlopCounterMode books for its
+    kernel: every (query, key) pair, so it matches our exact count without a mask and is
+    about twice it for causal attention."""
+    from adaptkern.bench import varlen_attention as bench
+
+    lengths = [5, 0, 9, 1]
+    cu = ak.cu_seqlens_from_lengths(lengths)
+    theirs = bench.torch_counted_flops(cu, 4, 16)
+    unmasked = sum(4 * 4 * 16 * n * n for n in lengths)
+    assert theirs == {"fwd": unmasked, "fwd_bwd": unmasked + 5 * unmasked // 2}
+    assert theirs["fwd"] == ak.flops.attention_flops(cu, cu, 4, 16)
+    causal = ak.flops.attention_flops(cu, cu, 4, 16, causal=True)
+    assert causal == sum(4 * 4 * 16 * n * (n + 1) // 2 for n in lengths) < theirs["fwd"]
