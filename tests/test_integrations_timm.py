@@ -166,3 +166,43 @@ def test_unsupported_models_are_named():
                                        class_token=False, global_pool="map")
     with pytest.raises(NotImplementedError, match="attention pooling"):
         ak.integrations.timm.PackedViT(model)
+
+
+class FeaturesAndLogits(torch.nn.Module):
+    """A model returning a (features, logits) tuple, as many timm-based models do."""
+
+    def __init__(self, vit):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, x):
+        features = self.vit.forward_features(x)
+        return features, self.vit.forward_head(features)
+
+
+def test_count_step_on_timm_models():
+    """count_step books a timm ViT's FLOPs to layer types by the structure of the calls
+    (pass-through Identity / Dropout modules and tuple outputs included), equal to formulas
+    written from the architecture; the packed wrapper's attention counts each image's pairs."""
+    dim, depth, hidden, classes, patch = 32, 2, 64, 5, 8
+    model = timm_vit.VisionTransformer(img_size=32, patch_size=patch, num_classes=classes, embed_dim=dim, depth=depth,
+                                       num_heads=2, mlp_ratio=2.0, reg_tokens=1)
+    images = torch.randn(2, 3, 32, 32)
+    n = 16 + 2  # patches + class + register token
+    linear = {"attn_linear": 2 * depth * 2 * n * dim * 4 * dim, "mlp": 2 * depth * 2 * n * dim * hidden * 2,
+              "head": 2 * 2 * dim * classes}
+    forward = {"patch_embed": 2 * 2 * 16 * 3 * patch * patch * dim, "attention": 2 * depth * 4 * dim * n * n, **linear}
+    backward = {"patch_embed": forward["patch_embed"], "attention": forward["attention"] * 5 // 2,
+                **{k: 2 * v for k, v in linear.items()}}
+    for net, loss in ((model, lambda: model(images).sum()),
+                      (FeaturesAndLogits(model), lambda: FeaturesAndLogits(model)(images)[1].sum())):
+        step = ak.flops.count_step(net, loss)
+        assert step.counts == {"forward": forward, "backward": backward}
+    packed = ak.integrations.timm.PackedViT(model, patch_size=4)
+    sizes = [(32, 32), (16, 24)]
+    step = ak.flops.count_step(packed, lambda: packed([torch.randn(3, h, w) for h, w in sizes]).sum())
+    lengths = [2 + (h // 4) * (w // 4) for h, w in sizes]
+    assert step.get("forward", "attention") == depth * 4 * dim * sum(n * n for n in lengths)
+    assert step.get("forward", "attn_linear") == depth * 2 * sum(lengths) * dim * 4 * dim
+    assert step.get("forward", "patch_resize") == 2 * dim * 3 * patch * patch * 4 * 4
+    assert step.get("forward", "other") == 0

@@ -104,3 +104,21 @@ def test_unsupported_options_raise():
         ak.integrations.transformers.attention_forward(module, query, query, query, None, softcap=30.0)
     with pytest.raises(NotImplementedError, match="dropout"):
         ak.integrations.transformers.attention_forward(module, query, query, query, None, dropout=0.1)
+
+
+def test_count_step_on_a_transformers_model(models):
+    """count_step on the Llama-style model with attn_implementation="adaptkern": exact causal
+    pairs per packed sequence, projections, MLP and LM head from the config."""
+    ours, _ = models[torch.float32]
+    cfg = ours.config
+    ids = torch.randint(0, 61, (1, sum(LENGTHS)))
+    positions = torch.cat([torch.arange(n) for n in LENGTHS])[None]
+    step = ak.flops.count_step(ours, lambda: ours(input_ids=ids, position_ids=positions).logits.sum())
+    tokens, d, hd = sum(LENGTHS), cfg.hidden_size, cfg.head_dim
+    heads, kv_heads, layers = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.num_hidden_layers
+    pairs = sum(n * (n + 1) // 2 for n in LENGTHS)
+    assert step.get("forward", "attention") == layers * 4 * heads * hd * pairs
+    assert step.get("forward", "attn_linear") == layers * 2 * tokens * d * (2 * heads * hd + 2 * kv_heads * hd)
+    assert step.get("forward", "mlp") == layers * 2 * tokens * d * cfg.intermediate_size * 3
+    assert step.get("forward", "head") == 2 * tokens * d * cfg.vocab_size
+    assert step.get("backward", "attention") == step.get("forward", "attention") * 5 // 2

@@ -34,6 +34,20 @@ _OP = "adaptkern.integrations.timm.PackedViT"
 TIMM_RESAMPLING = dict(interpolation="bicubic", antialias=True)
 
 
+@contextlib.contextmanager
+def _forward_as(modules, forward):
+    """Each module's forward is ``forward(module, ...)`` for the duration. The modules are
+    still called (``module(...)``), so hooks, FlopCounterMode's tracker and count_step see
+    them, and timm's own forward is back afterwards."""
+    try:
+        for module in modules:
+            module.forward = functools.partial(forward, module)
+        yield
+    finally:
+        for module in modules:
+            module.__dict__.pop("forward", None)
+
+
 def _timm_classes():
     try:
         from timm.layers import Attention
@@ -94,11 +108,9 @@ class PackedViT(nn.Module):
         """Patch tokens + prefix tokens + position embeddings, before the blocks.
         Returns (tokens (T, D), cu_seqlens int32 (S+1,), max_seqlen)."""
         vit = self.vit
-        proj = vit.patch_embed.proj
         patch = self.patch_size if patch_size is None else as_pair(_OP, "patch_size", patch_size)
-        tokens, cu_seqlens, grid_sizes, max_seqlen = flexi_patch_embed_packed(
-            list(images), proj.weight, proj.bias, patch, backend=self.backend, **TIMM_RESAMPLING)
-        tokens = vit.patch_embed.norm(tokens)
+        with _forward_as([vit.patch_embed], functools.partial(self._patch_embed, patch_size=patch)):
+            tokens, cu_seqlens, grid_sizes, max_seqlen = vit.patch_embed(list(images))
         prefix = [t[0] for t in (vit.cls_token, getattr(vit, "reg_token", None)) if t is not None]
         pos = vit.pos_embed
         pos_opts = dict(base_grid=self.base_grid, backend=self.backend, **TIMM_RESAMPLING)
@@ -111,6 +123,13 @@ class PackedViT(nn.Module):
             tokens = add_interp_pos_embed(tokens, pos, grid_sizes, cu_seqlens,
                                           num_prefix_tokens=self.num_prefix_tokens, **pos_opts)
         return vit.pos_drop(tokens), cu_seqlens, max_seqlen
+
+    def _patch_embed(self, module, images, patch_size):
+        """timm PatchEmbed.forward on a list of images: packed tokens at ``patch_size``."""
+        proj = module.proj
+        tokens, cu_seqlens, grid_sizes, max_seqlen = flexi_patch_embed_packed(
+            images, proj.weight, proj.bias, patch_size, backend=self.backend, **TIMM_RESAMPLING)
+        return module.norm(tokens), cu_seqlens, grid_sizes, max_seqlen
 
     # ------------------------------------------------------------------ blocks
     def _attention(self, attn, x, cu_seqlens, max_seqlen, attn_mask=None, is_causal=False):
@@ -131,19 +150,6 @@ class PackedViT(nn.Module):
             out = out * gate
         return attn.proj_drop(attn.proj(out))[None]
 
-    @contextlib.contextmanager
-    def _packed_attention(self, cu_seqlens, max_seqlen):
-        """Every block's timm Attention runs ``_attention`` for the duration (the modules are
-        still called, so hooks, FlopCounterMode's tracker and count_step see them)."""
-        attns = [blk.attn for blk in self.vit.blocks]
-        try:
-            for attn in attns:
-                attn.forward = functools.partial(self._attention, attn, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
-            yield
-        finally:
-            for attn in attns:
-                attn.__dict__.pop("forward", None)
-
     def forward_features(self, images: Sequence[torch.Tensor], patch_size=None) -> Tuple[torch.Tensor, torch.Tensor]:
         """images: list of (C, H_i, W_i) -> (tokens (T, D) after the final norm, cu_seqlens)."""
         tokens, cu_seqlens, max_seqlen = self.embed(images, patch_size)
@@ -152,7 +158,8 @@ class PackedViT(nn.Module):
             raise NotImplementedError(f"{_OP}: stochastic depth (drop_path > 0) drops whole images and is not "
                                       "supported on packed tokens in training")
         x = vit.norm_pre(vit.patch_drop(tokens))[None]
-        with self._packed_attention(cu_seqlens, max_seqlen):
+        attention = functools.partial(self._attention, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+        with _forward_as([blk.attn for blk in vit.blocks], attention):
             for blk in vit.blocks:
                 x = blk(x)
         return vit.norm(x[0]), cu_seqlens
