@@ -120,3 +120,12 @@ def test_interpolation_keyword_and_deprecated_mode_alias():
             ak.interp_pos_embed(pos, grids, interpolation="bilinear", mode="bicubic")
     module = ak.nn.InterpPosEmbed((5, 4), 3, interpolation="bilinear")
     assert module.interpolation == "bilinear" and "interpolation='bilinear'" in repr(module)
+
+
+def test_one_row_module_grid_is_never_read_as_timm_layout():
+    """InterpPosEmbed((1, 5), ..., num_prefix_tokens=1) holds a (1, 5, D) grid, which alone
+    could read as timm's (1, 1 + 2*2, D): the module names its grid."""
+    module = ak.nn.InterpPosEmbed((1, 5), 3, num_prefix_tokens=1).double()
+    tokens, grid_sizes, cu = packed([(2, 3), (1, 1)], 1, 3)
+    expected = oracle(tokens, module.pos_embed.detach(), None, [(2, 3), (1, 1)], 1)
+    torch.testing.assert_close(module(tokens, grid_sizes, cu), expected, rtol=1e-12, atol=1e-12)

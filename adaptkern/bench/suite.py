@@ -182,7 +182,7 @@ def interp_case(spec, device, seed=0) -> Case:
 
     def fused(backend):
         return lambda t, p: add_interp_pos_embed(t, p, batch["grid_sizes"], batch["cu_seqlens"],
-                                                 num_prefix_tokens=prefix, backend=backend, **ip.OPTIONS)
+                                                 num_prefix_tokens=prefix, backend=backend, **ip.OP_OPTIONS)
 
     def reference(mode):
         return closures(fused("reference"), [tokens.float(), pos.float()], dout.float(), mode, ("dtokens", "dpos"))[1]()

@@ -154,6 +154,9 @@ class PackedViT(nn.Module):
         """images: list of (C, H_i, W_i) -> (tokens (T, D) after the final norm, cu_seqlens)."""
         tokens, cu_seqlens, max_seqlen = self.embed(images, patch_size)
         vit = self.vit
+        if self.training and getattr(vit.patch_drop, "prob", 0.0) > 0:
+            raise NotImplementedError(f"{_OP}: patch dropout (patch_drop_rate > 0) is not supported on packed tokens "
+                                      "in training")
         if self.training and any(getattr(m, "drop_prob", 0.0) > 0 for m in vit.blocks.modules()):
             raise NotImplementedError(f"{_OP}: stochastic depth (drop_path > 0) drops whole images and is not "
                                       "supported on packed tokens in training")

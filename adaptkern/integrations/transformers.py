@@ -15,7 +15,9 @@ this order of precedence (as transformers' flash_attention_2 path reads them):
    sequence begins;
 4. otherwise every batch row is one sequence.
 
-Causal masks are bottom-right aligned (a query block at the end of its keys, as with a KV
+Cases 2 and 3 read the sequence lengths on the host (one sync per attention call, as
+transformers' own flash-attention path does); case 1 with Python-int max lengths and
+case 4 need none. Causal masks are bottom-right aligned (a query block at the end of its keys, as with a KV
 cache), sliding windows map to ``window_size``, GQA/MQA run without repeating K/V.
 Dropout in training, ``softcap`` and attention sinks raise NotImplementedError.
 """

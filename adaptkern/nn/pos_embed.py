@@ -57,7 +57,9 @@ class InterpPosEmbed(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def _options(self):
-        return dict(interpolation=self.interpolation, antialias=self.antialias, align_corners=self.align_corners, backend=self.backend)
+        # base_grid: a one-row grid (1, Gw) must never be read as timm's flat layout
+        return dict(interpolation=self.interpolation, antialias=self.antialias, align_corners=self.align_corners,
+                    backend=self.backend, base_grid=self.base_grid)
 
     def forward(self, tokens: torch.Tensor, grid_sizes: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
         """tokens (T, dim) packed; grid_sizes int32 (S, 2); cu_seqlens int32 (S+1,) with
@@ -70,5 +72,6 @@ class InterpPosEmbed(nn.Module):
         return interp_pos_embed(self.pos_embed, grid_sizes, total_tokens=total_tokens, **self._options())
 
     def extra_repr(self) -> str:
-        return (f"base_grid={self.base_grid}, dim={self.dim}, interpolation={self.interpolation!r}, antialias={self.antialias}, "
-                f"align_corners={self.align_corners}, num_prefix_tokens={self.num_prefix_tokens}")
+        return (f"base_grid={self.base_grid}, dim={self.dim}, interpolation={self.interpolation!r}, "
+                f"antialias={self.antialias}, align_corners={self.align_corners}, "
+                f"num_prefix_tokens={self.num_prefix_tokens}")
