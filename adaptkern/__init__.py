@@ -14,9 +14,12 @@ from .ops.patch_embed import PackedPatches, flexi_patch_embed, flexi_patch_embed
 from .ops.pi_resize import pi_resize, pi_resize_matrix
 from .ops.interp_pos_embed import add_interp_pos_embed, interp_pos_embed
 from .ops.varlen_attention import flash_attn_varlen_func, varlen_attention
-from . import flops, models, nn, scaling, schedule, train
+from .ops.varlen_attn import AuxRequest, varlen_attn
+from .integrations.prefix import prepend_prefix_tokens
+from . import flops, integrations, models, nn, scaling, schedule, train
 
 __all__ = [
+    "AuxRequest",
     "BACKENDS",
     "DTypeError",
     "Packed",
@@ -29,12 +32,14 @@ __all__ = [
     "flexi_patch_embed",
     "flexi_patch_embed_packed",
     "flops",
+    "integrations",
     "interp_pos_embed",
     "models",
     "nn",
     "pack",
     "pi_resize",
     "pi_resize_matrix",
+    "prepend_prefix_tokens",
     "scaling",
     "schedule",
     "set_validation",
@@ -42,4 +47,5 @@ __all__ = [
     "unpack",
     "validation",
     "varlen_attention",
+    "varlen_attn",
 ]

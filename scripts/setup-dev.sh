@@ -33,4 +33,15 @@ if [ -z "${ADAPTKERN_BUILD_CUDA:-}" ]; then
 fi
 # No build isolation: the build needs only setuptools + pybind11, installed above.
 pip install -q --no-build-isolation -e ".[test]"
+
+# The integrations' extras, so their tests run here and in CI. The installed torch is pinned
+# while they install (nothing may replace it). timm is installed without torchvision: the only
+# torchvision for torch 2.13 in the registry (0.28.0) is built against torch's CUDA libraries
+# and fails to import beside the CPU torch ("operator torchvision::nms does not exist"), and
+# timm needs it only for data transforms; the tests stand a stub in for it
+# (tests/_torchvision_stub.py, used only when no working torchvision imports).
+TORCH_NOW=$("$VENV/bin/python" -c "import torch; print(torch.__version__.split('+')[0])")
+pip install -q "transformers>=4.53" "torch==$TORCH_NOW"
+pip install -q --no-deps "timm>=1.0"
+pip install -q pyyaml huggingface_hub safetensors "torch==$TORCH_NOW"
 "$VENV/bin/adaptkern" info

@@ -11,9 +11,17 @@
 
 import os
 import random
+import sys
 import zlib
+from pathlib import Path
 
-import torch
+# `python -m pytest` puts the repository root on sys.path, where kernels/ (installed as
+# adaptkern.kernels) would shadow the `kernels` package transformers imports; adaptkern
+# itself comes from its (editable) install.
+_ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
+
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

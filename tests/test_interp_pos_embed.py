@@ -296,8 +296,8 @@ def test_bad_input_names_the_argument():
         add(tokens=tokens[None])
     with pytest.raises(ValueError, match="tokens has 5 channels but pos_embed has D=6"):
         add(tokens=tokens[:, :5])
-    with pytest.raises(ValueError, match="mode must be one of"):
-        ak.interp_pos_embed(pos, grids, mode="nearest")
+    with pytest.raises(ValueError, match="interpolation must be one of"):
+        ak.interp_pos_embed(pos, grids, interpolation="nearest")
     with pytest.raises(TypeError, match="antialias must be a bool"):
         ak.interp_pos_embed(pos, grids, antialias=1)
     with pytest.raises(ValueError, match="cu_seqlens describes 1 sequences but grid_sizes has 2"):

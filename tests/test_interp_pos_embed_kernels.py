@@ -26,13 +26,14 @@ def _check_add(backend, opts, grids, num_prefix_tokens, dim, dtype, device, base
     """add_interp_pos_embed on ``backend``: output and both gradients against the oracle."""
     tokens, grid_sizes, cu = packed_batch(grids, num_prefix_tokens, dim, dtype, device)
     pos = torch.randn(*base, dim, device=device).to(dtype)
+    # base_grid: a (1, 5) grid with one prefix token could also read as timm's (1, 1 + 2*2, D)
     out = ak.add_interp_pos_embed(tokens, pos, grid_sizes, cu, num_prefix_tokens=num_prefix_tokens,
-                                  backend=backend, **opts)
+                                  backend=backend, base_grid=base, **opts)
     assert out.dtype == dtype
     assert_rel_close(out, oracle_add(tokens, pos, grids, num_prefix_tokens, **opts), name="out")
     weight = torch.randn(tokens.shape, dtype=torch.float64, device=device)
     run = lambda t, p: ak.add_interp_pos_embed(t, p, grid_sizes, cu, num_prefix_tokens=num_prefix_tokens,  # noqa
-                                               backend=backend, **opts)
+                                               backend=backend, base_grid=base, **opts)
     grad_tokens, grad_pos = _grads(run, tokens, pos, weight)
     _, expected = _grads(lambda t, p: oracle_add(t, p, grids, num_prefix_tokens, **opts), tokens, pos, weight)
     assert grad_tokens.dtype == dtype and torch.equal(grad_tokens, weight.to(dtype))

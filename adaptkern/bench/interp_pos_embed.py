@@ -27,6 +27,7 @@ CPU_CASES = [
     ("cpu-small", 8, 64, (8, 8), 64, 1, torch.float32),
 ]
 OPTIONS = dict(mode="bicubic", antialias=True, align_corners=False)
+OP_OPTIONS = dict(interpolation="bicubic", antialias=True, align_corners=False)  # the ops' keyword
 
 
 def naflex_grids(num_images: int, max_tokens: int, *, seed: int = 0):
@@ -96,7 +97,7 @@ def run_case(case, device, backends, *, with_backward=True, rep_ms=100.0):
                                                                                           **OPTIONS)}
     for backend in backends:
         impls[f"fused ({backend})"] = (lambda b: lambda t, p: add_interp_pos_embed(
-            t, p, batch["grid_sizes"], batch["cu_seqlens"], num_prefix_tokens=prefix, backend=b, **OPTIONS))(backend)
+            t, p, batch["grid_sizes"], batch["cu_seqlens"], num_prefix_tokens=prefix, backend=b, **OP_OPTIONS))(backend)
     rows, baseline = [], {}
     directions = ["fwd", "fwd+bwd"] if with_backward else ["fwd"]
     for direction in directions:

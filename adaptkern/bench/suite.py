@@ -81,7 +81,9 @@ def attention_case(spec, head_dim, width, dtype, device, seed=0) -> Case:
                                                                                 causal=causal)},
                 # q, k, v read + out written; backward reads q, k, v, out, dout, writes dq, dk, dv
                 {"fwd": 4 * tensor, "fwd_bwd": 12 * tensor},
-                dict(head_dim=head_dim, num_heads=heads, sequences=len(lengths), tokens=total, causal=causal))
+                dict(head_dim=head_dim, num_heads=heads, sequences=len(lengths), tokens=total, causal=causal,
+                     # what FlopCounterMode books for torch's varlen_attn (causal pairs counted as unmasked)
+                     torch_counted_flops=va.torch_counted_flops(host_cu, heads, head_dim)))
 
 
 # ----------------------------------------------------------------------------- patch embedding
@@ -180,7 +182,7 @@ def interp_case(spec, device, seed=0) -> Case:
 
     def fused(backend):
         return lambda t, p: add_interp_pos_embed(t, p, batch["grid_sizes"], batch["cu_seqlens"],
-                                                 num_prefix_tokens=prefix, backend=backend, **ip.OPTIONS)
+                                                 num_prefix_tokens=prefix, backend=backend, **ip.OP_OPTIONS)
 
     def reference(mode):
         return closures(fused("reference"), [tokens.float(), pos.float()], dout.float(), mode, ("dtokens", "dpos"))[1]()

@@ -9,7 +9,10 @@ Implementations, on the same packed batch:
 * ``torch varlen (FA2)``: PyTorch's FlashAttention-2 varlen kernel through
   ``torch.nn.attention.varlen.varlen_attn`` (fwd and bwd), or
   ``torch.ops.aten._flash_attention_forward`` with cum_seq_q / cum_seq_k (fwd only) on
-  builds without that module; CUDA only;
+  builds without that module; CUDA only in torch (a row with a note elsewhere). Its row
+  also carries ``peer_flops``: what FlopCounterMode books for that kernel (torch's formula
+  counts every (query, key) pair, causal or not, so a causal batch is counted about twice);
+  ``tflops`` uses the exact count for every row;
 * ``FlexAttention (document mask)``: compiled ``flex_attention`` over the packed batch
   with a block mask built from per-token document ids; CUDA only.
 
@@ -89,6 +92,22 @@ def _torch_varlen(cu, longest, causal, enable_gqa):
         return None, "neither torch.nn.attention.varlen nor aten._flash_attention_forward in this torch"
     return (lambda q, k, v: flash(q, k, v, cu, cu, longest, longest, 0.0, causal, False)[0]), \
         "aten._flash_attention_forward: forward only (no torch.nn.attention.varlen)"
+
+
+def torch_counted_flops(cu_seqlens, num_heads, head_dim):
+    """{"fwd": F, "fwd_bwd": F + B}: the FLOPs torch's FlopCounterMode books for its flash
+    varlen kernel on these sequences (its registered formulas, which ignore the causal mask),
+    or None where this torch has no such formulas."""
+    try:
+        from torch.utils.flop_counter import _flash_attention_backward_flop, _flash_attention_forward_flop
+    except ImportError:
+        return None
+    cu = cu_seqlens.to("cpu", torch.int32)
+    longest = int(cu.diff().max()) if cu.numel() > 1 else 0
+    x = torch.empty(int(cu[-1]), num_heads, head_dim, device="meta")
+    forward = _flash_attention_forward_flop(x, x, x, cu, cu, longest, longest)
+    backward = _flash_attention_backward_flop(x, x, x, x, x, None, cu, cu, longest, longest)
+    return {"fwd": forward, "fwd_bwd": forward + backward}
 
 
 def _flex(lengths, causal, device, enable_gqa):
@@ -203,6 +222,7 @@ def run_case(case, head_dim, device, dtype, *, modes=("fwd", "fwd_bwd"), rep_ms=
     forward = attention_flops(cu, cu, heads, head_dim, causal=causal)
     flops = {"fwd": forward, "fwd_bwd": forward + attention_backward_flops(cu, cu, heads, head_dim, causal=causal)}
     impls = implementations(lengths, causal, *inputs, device)
+    torch_flops = torch_counted_flops(cu, heads, head_dim)
     rows = []
     for mode in modes:
         expected = _reference(inputs, dout, lengths, causal, mode)
@@ -211,6 +231,8 @@ def run_case(case, head_dim, device, dtype, *, modes=("fwd", "fwd_bwd"), rep_ms=
             row = dict(case=name, impl=impl, mode=mode, dtype=str(dtype).replace("torch.", ""), head_dim=head_dim,
                        num_heads=heads, sequences=len(lengths), tokens=total, causal=causal, flops=flops[mode],
                        ms=None, p20=None, p80=None, tflops=None, note=note)
+            if impl == "torch varlen (FA2)" and torch_flops is not None:
+                row["peer_flops"] = torch_flops[mode]
             forward_only = note is not None and "forward only" in note
             if fn is not None and not (mode == "fwd_bwd" and forward_only):
                 _check(impl, fn, pad, unpad, inputs, dout, expected, mode, dtype)

@@ -7,6 +7,21 @@ import sys
 
 from ._types import fraction, int_at_least
 
+# Named run subsets: the runs a paper fits its laws on, as (column values) rows to keep.
+# Gadre et al. 2024 fit their loss law on 5 runs per dataset and their error law on those
+# plus the 1.4B model at M = 20 (their scaling/shared.py; ../shared/data/README.md).
+_GADRE_LOSS_RUNS = [("d=96_l=8_h=4", 1.0), ("d=512_l=8_h=4", 1.0), ("d=576_l=24_h=8", 1.0),
+                    ("d=1024_l=24_h=8", 1.0), ("d=96_l=8_h=4", 16.0)]
+SUBSETS = {
+    "gadre2024": {
+        "columns": ("model", "chinchilla_multiplier"),
+        "runs": {"chinchilla": _GADRE_LOSS_RUNS, "overtraining": _GADRE_LOSS_RUNS,
+                 "downstream": _GADRE_LOSS_RUNS + [("open_lm_1b", 1.0)]},
+        "help": "Gadre et al. 2024's fitting runs (5 per dataset for the loss laws, plus open_lm_1b at M=20 for "
+                "downstream); combine with --where dataset=...",
+    },
+}
+
 
 def run(args) -> int:
     from adaptkern import scaling
@@ -15,14 +30,23 @@ def run(args) -> int:
     try:
         overrides = _parse_columns(args.columns)
         table = scaling_data.filter_rows(scaling_data.read_csv(args.data), args.where or ())
+        if args.subset:
+            table = _subset(table, args.subset, args.law)
         groups = _groups(table, args.group)
-        os.makedirs(args.out, exist_ok=True)
         stem = os.path.splitext(os.path.basename(args.data))[0]
+        paths = {}
+        for value, _ in groups:
+            name = f"{stem}_{args.law}" + (f"_{_slug(args.subset)}" if args.subset else "") + \
+                (f"_{_slug(value)}" if value is not None else "")
+            paths[value] = os.path.join(args.out, name + ".json"), os.path.join(args.out, name + ".png")
+        existing = [p for pair in paths.values() for p in pair if os.path.exists(p)]
+        if existing and not args.overwrite:
+            raise ValueError(f"{existing[0]} exists (an earlier fit); pass --overwrite to replace it, or another --out")
+        os.makedirs(args.out, exist_ok=True)
         for value, rows in groups:
             columns = scaling_data.law_columns(rows, args.law, overrides)
             law = scaling.FITS[args.law](**columns, n_boot=args.n_boot, seed=args.seed, confidence=args.confidence)
-            name = f"{stem}_{args.law}" + (f"_{_slug(value)}" if value is not None else "")
-            json_path, png_path = os.path.join(args.out, name + ".json"), os.path.join(args.out, name + ".png")
+            json_path, png_path = paths[value]
             _write_json(law, json_path, args, overrides, value)
             scaling.plot_fit(law, columns, png_path, title=None if value is None else f"{args.group} = {value}")
             _report(law, value, args.group, json_path, png_path)
@@ -42,6 +66,23 @@ def _parse_columns(items):
     return overrides
 
 
+def _subset(table, name, law):
+    spec = SUBSETS[name]
+    runs = spec["runs"].get(law)
+    if runs is None:
+        raise ValueError(f"--subset {name}: defined for --law {', '.join(spec['runs'])}, not {law}")
+    missing = [c for c in spec["columns"] if c not in table]
+    if missing:
+        raise ValueError(f"--subset {name}: the data has no column {missing[0]!r} (needs {', '.join(spec['columns'])})")
+    wanted = set(runs)
+    types = [type(v) for v in runs[0]]  # compare as the run lists spell them (1 == 1.0)
+    rows = zip(*(table[c] for c in spec["columns"]))
+    keep = [i for i, row in enumerate(rows) if tuple(t(v) for t, v in zip(types, row)) in wanted]
+    if not keep:
+        raise ValueError(f"--subset {name}: no row of the data is one of its runs")
+    return {c: [values[i] for i in keep] for c, values in table.items()}
+
+
 def _groups(table, column):
     if column is None:
         return [(None, table)]
@@ -59,7 +100,7 @@ def _write_json(law, path, args, overrides, group_value):
     import json
 
     payload = law.to_dict()
-    payload["data"] = {"csv": os.path.abspath(args.data), "where": list(args.where or ()),
+    payload["data"] = {"csv": os.path.abspath(args.data), "where": list(args.where or ()), "subset": args.subset,
                        "columns": overrides, "group": args.group, "group_value": group_value}
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
@@ -104,8 +145,13 @@ def register(subparsers) -> None:
     parser.add_argument("--where", action="append", metavar="COND",
                         help="keep rows where COND holds (repeatable, all must hold): COLUMN OP VALUE with OP in "
                              "= != < <= > >=; '=' and '!=' take comma-separated alternatives, e.g. dataset=rpj")
+    parser.add_argument("--subset", choices=sorted(SUBSETS), metavar="NAME",
+                        help="keep only a paper's fitting runs: " + "; ".join(f"{k}: {v['help']}"
+                                                                                for k, v in SUBSETS.items()))
     parser.add_argument("--group", metavar="COLUMN", help="fit one law per distinct value of COLUMN (e.g. a shape)")
     parser.add_argument("--out", default=".", metavar="DIR", help="output folder for JSON and PNG (default: .)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the JSON / PNG of an earlier fit of the same name (refused otherwise)")
     parser.add_argument("--n-boot", type=int_at_least(0), default=200, metavar="K",
                         help="bootstrap resamples for the intervals (default 200; 0 turns them off)")
     parser.add_argument("--seed", type=int_at_least(0), default=0, help="bootstrap seed (default 0)")

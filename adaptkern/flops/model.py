@@ -1,12 +1,14 @@
 """Exact FLOPs of one training step of a whole model, per layer type and phase.
 
 ``count_step(model, loss_fn)`` runs ``loss_fn()`` (the forward, returning a scalar loss),
-then ``loss.backward()`` (and ``optimizer.step()`` when given) under
-``torch.utils.flop_counter.FlopCounterMode``: PyTorch counts its matmuls, adaptkern's ops
-count themselves through their registered formulas (allowed attention pairs from the real
-``cu_seqlens``, patch grids, interpolation taps). FlopCounterMode's module tracker says which
-module each op ran in (backward included); every op is booked to its innermost module and
-that module to a layer type (``LAYER_TYPES``):
+then ``loss.backward()`` (and ``optimizer.step()`` when given) under a dispatch mode that
+counts every op with the formulas ``FlopCounterMode`` uses (``flop_registry``): PyTorch's for
+its matmuls, adaptkern's registered ones for its ops (allowed attention pairs from the real
+``cu_seqlens``, patch grids, interpolation taps), so the totals equal FlopCounterMode's.
+Each op is booked to the modules it ran in (in the backward: the modules whose forward
+made the autograd node being run), and a layer type follows from the structure of those
+calls, not from module names (``_Attribution.by_layer``), so timm, transformers and any
+other model work as they are (``LAYER_TYPES``):
 
     attention     the attention core (QK^T and PV, forward 4*Hq*D per allowed pair)
     attn_linear   the q/k/v and output projections
@@ -18,11 +20,11 @@ that module to a layer type (``LAYER_TYPES``):
     head          the output layer
     other         anything else, including what ran outside the model (the loss)
 
-``compute=False`` counts without doing the arithmetic: under FlopCounterMode, an inner
+``compute=False`` counts without doing the arithmetic: under the counter, an outer
 dispatch mode answers the heavy floating-point ops (matmuls, convolutions, attention,
 softmax, adaptkern's ops) with uninitialized tensors of the shape their meta kernels give,
 while everything else, index arithmetic (cu_seqlens, grids, positions) included, runs for
-real. FlopCounterMode sees the same ops with the same shapes and index values, so the
+real. The counter sees the same ops with the same shapes and index values, so the
 counts are identical (tests/test_flops_model.py checks it) and a ViT-L step costs little
 more than the per-op Python overhead. The values are meaningless, so this is exact only
 for models whose shapes do not depend on floating-point values (no data-dependent
@@ -36,7 +38,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import flop_registry
 
 _OP = "adaptkern.flops.count_step"
 LAYER_TYPES = ("attention", "attn_linear", "mlp", "patch_embed", "patch_resize", "pos_embed", "embedding", "head",
@@ -50,7 +52,8 @@ _ATTENTION_OPS = {"adaptkern.varlen_attn_fwd", "adaptkern.varlen_attn_bwd"} | {
         "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_efficient_attention_backward",
         "_scaled_dot_product_flash_attention_backward", "_scaled_dot_product_cudnn_attention_backward",
         "_flash_attention_forward", "_flash_attention_backward", "_efficient_attention_forward",
-        "_efficient_attention_backward", "_scaled_dot_product_flash_attention_for_cpu")}
+        "_efficient_attention_backward", "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_flash_attention_for_cpu_backward")}
 _ANSWERED = {_aten.mm, _aten.addmm, _aten.bmm, _aten.baddbmm, _aten.convolution, _aten.convolution_backward,
              _aten._scaled_dot_product_flash_attention_for_cpu, _aten._softmax, _aten._softmax_backward_data,
              _aten._log_softmax, _aten._log_softmax_backward_data}
@@ -124,93 +127,131 @@ def _op_name(op) -> str:
     return str(op)  # OpOverloadPacket: "aten.mm", "adaptkern.varlen_attn_fwd"
 
 
-def _module_kinds(model: nn.Module) -> dict:
-    """{tracker name: (own kind or None, module)}: names as FlopCounterMode's ModuleTracker
-    gives them (root class name, then dotted attribute paths)."""
-    from ..models.transformer import VarlenSelfAttention
-    from ..nn import FlexiPatchEmbed, InterpPosEmbed
-
-    root = type(model).__name__
-    kinds = {}
-    for path, module in model.named_modules():
-        last = path.rsplit(".", 1)[-1]
-        if isinstance(module, FlexiPatchEmbed) or last == "patch_embed":
-            kind = "patch_embed"
-        elif isinstance(module, InterpPosEmbed) or last == "pos_embed":
-            kind = "pos_embed"
-        elif isinstance(module, nn.Embedding):
-            kind = "embedding"
-        elif isinstance(module, VarlenSelfAttention) or last in ("attn", "attention", "self_attn"):
-            kind = "attention"
-        elif last == "mlp":
-            kind = "mlp"
-        elif path == "head":
-            kind = "head"
-        else:
-            kind = None
-        kinds[f"{root}.{path}" if path else root] = kind
-    return kinds
+_PATCH_OPS = ("adaptkern.patch_embed", "aten.convolution")
+# PyTorch's CPU flash attention (what SDPA runs on CPU) has no formula in FlopCounterMode;
+# it is counted with torch's own formulas for the CUDA flash op (same leading arguments:
+# grad_out / query, key, value; like them, blind to the causal mask).
+_EXTRA_FORMULAS = {
+    _aten._scaled_dot_product_flash_attention_for_cpu: flop_registry.get(_aten._scaled_dot_product_flash_attention),
+    _aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        flop_registry.get(_aten._scaled_dot_product_flash_attention_backward),
+}
+_POS_OPS = ("adaptkern.interp_pos_embed", "adaptkern.add_interp_pos_embed")
 
 
-def _layer(op: str, name: str, kinds: dict) -> str:
-    if op in _ATTENTION_OPS:
-        return "attention"
-    probe = name
-    while probe:
-        kind = kinds.get(probe)
-        if kind == "attention":
-            return "attention" if probe == name else "attn_linear"
-        if kind == "patch_embed":
-            return "patch_embed" if op.startswith("adaptkern.patch_embed") or "convolution" in op else "patch_resize"
-        if kind is not None:
-            return kind
-        probe = probe.rpartition(".")[0]
-    return "other"
+class _Attribution(TorchDispatchMode):
+    """Counts every op with PyTorch's FLOP formulas (``flop_registry``: the formulas
+    FlopCounterMode uses, adaptkern's registered ones included) and books it to the chain
+    of modules it ran in: in the forward the modules being called (global forward hooks),
+    in the backward the modules whose forward created the autograd node being run
+    (autograd sequence numbers, recorded per module call). Nothing depends on module names
+    or on what a module returns, so pass-through modules (nn.Identity, Dropout) and tuple
+    outputs are fine."""
 
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.members = {id(m) for m in model.modules()}
+        self.root = id(model)
+        self.stack = []  # chain of (module id, call index) being called
+        self.calls = []  # per call: [first autograd seq, end seq, chain]
+        self.records = []  # (phase, chain, op, flops)
+        self.phase = "forward"
+        self._cache = {}
 
-def _exclusive(counts: dict) -> dict:
-    """{module name: {op: FLOPs}} counted in that module and none of its tracked children;
-    what ran outside every module is under "" (FlopCounterMode books an op to every active
-    module, so inclusive counts telescope)."""
-    names = [n for n in counts if n != "Global"]
+    # -- module calls ------------------------------------------------------------
+    def _pre(self, module, args):
+        if id(module) in self.members:
+            index = len(self.calls)
+            chain = tuple(self.stack) + ((id(module), index),)
+            self.calls.append([torch._C._autograd._get_sequence_nr(), None, chain])
+            self.stack.append((id(module), index))
 
-    def parent(name):
-        probe = name.rpartition(".")[0]
-        while probe and probe not in counts:
-            probe = probe.rpartition(".")[0]
-        return probe  # "" at the top
+    def _post(self, module, args, output):
+        if id(module) in self.members and self.stack and self.stack[-1][0] == id(module):
+            _, index = self.stack.pop()
+            self.calls[index][1] = torch._C._autograd._get_sequence_nr()
 
-    out = {n: dict(counts[n]) for n in names}
-    out[""] = dict(counts.get("Global", {}))
-    for n in names:
-        mine = out.setdefault(parent(n), {})
-        for op, v in counts[n].items():
-            mine[op] = mine.get(op, 0) - v
-    for n, ops in out.items():
-        for op, v in ops.items():
-            if v < 0:
-                raise RuntimeError(f"{_OP}: FlopCounterMode's module tracker booked {op} to overlapping modules "
-                                   f"(exclusive count {v} in {n or 'the top level'}); per-layer attribution is "
-                                   "not possible for this model")
-    return out
+    @contextlib.contextmanager
+    def hooks(self):
+        pre = nn.modules.module.register_module_forward_pre_hook(self._pre)
+        post = nn.modules.module.register_module_forward_hook(self._post, always_call=True)
+        try:
+            with self:
+                yield self
+        finally:
+            pre.remove()
+            post.remove()
 
+    def _backward_chain(self):
+        node = torch._C._current_autograd_node()
+        if node is None:
+            return ()
+        seq = node._sequence_nr()
+        if seq not in self._cache:
+            inside = [c for c in self.calls if c[1] is not None and c[0] <= seq < c[1]]
+            self._cache[seq] = max(inside, key=lambda c: len(c[2]))[2] if inside else ()
+        return self._cache[seq]
 
-def _by_layer(exclusive: dict, kinds: dict) -> dict:
-    layers = {}
-    for name, ops in exclusive.items():
-        for op, v in ops.items():
-            if v:
-                lay = _layer(_op_name(op), name, kinds)
-                layers[lay] = layers.get(lay, 0) + v
-    return layers
+    # -- ops -----------------------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func.overloadpacket) or _EXTRA_FORMULAS.get(func.overloadpacket)
+        if formula is not None:
+            flops = formula(*args, **kwargs, out_val=out)
+            chain = tuple(self.stack) if self.phase == "forward" else self._backward_chain()
+            self.records.append((self.phase, chain, _op_name(func.overloadpacket), int(flops)))
+        return out
 
+    # -- layer types ---------------------------------------------------------------
+    def by_layer(self) -> dict:
+        """{phase: {layer type: FLOPs}} from the records, by the structure of the calls.
 
-def _snapshot(counter) -> dict:
-    return {name: {_op_name(op): v for op, v in ops.items()} for name, ops in counter.get_flop_counts().items()}
+        The innermost module that ran an attention core is an attention module (its other
+        products are attn_linear); its parent is a block (products in a block outside the
+        attention module: mlp); the innermost module that ran a patch projection (adaptkern's
+        patch embedding or a convolution) holds the patch embedding (its other products are
+        the PI-resize); products in the model after the last block: head; the rest: other."""
+        kinds = {"attention": set(), "patch": set()}
+        forward_chains = [(op, chain) for phase, chain, op, _ in self.records if phase == "forward"]
+        for op, chain in forward_chains:
+            kind = "attention" if op in _ATTENTION_OPS else "patch" if op.startswith(_PATCH_OPS) else None
+            inner = chain[-1][0] if chain else self.root
+            if kind and inner != self.root:
+                kinds[kind].add(inner)
+        blocks = set()
+        for call in self.calls:
+            chain = call[2]
+            if chain[-1][0] in kinds["attention"] and len(chain) > 1 and chain[-2][0] != self.root:
+                blocks.add(chain[-2][0])
+        block_end = max((c[1] for c in self.calls if c[2][-1][0] in blocks and c[1] is not None), default=None)
+        out = {}
+        for phase, chain, op, flops in self.records:
+            if flops:
+                layer = self._layer(op, chain, kinds, blocks, block_end)
+                out.setdefault(phase, {})
+                out[phase][layer] = out[phase].get(layer, 0) + flops
+        return out
 
-
-def _difference(after: dict, before: dict) -> dict:
-    return {name: {op: v - before.get(name, {}).get(op, 0) for op, v in ops.items()} for name, ops in after.items()}
+    def _layer(self, op, chain, kinds, blocks, block_end):
+        if op in _ATTENTION_OPS:
+            return "attention"
+        if op.startswith(_PATCH_OPS):
+            return "patch_embed"
+        if op.startswith(_POS_OPS):
+            return "pos_embed"
+        if op.startswith("aten.embedding"):
+            return "embedding"
+        modules = {m for m, _ in chain}
+        if modules & kinds["attention"]:
+            return "attn_linear"
+        if modules & kinds["patch"]:
+            return "patch_resize"
+        if modules & blocks:
+            return "mlp"
+        if chain and block_end is not None and self.calls[chain[-1][1]][0] >= block_end:
+            return "head"
+        return "other"
 
 
 class _ShapesOnly(TorchDispatchMode):
@@ -264,34 +305,28 @@ def count_step(model: nn.Module, loss_fn, *, optimizer=None, compute: bool = Tru
     if optimizer is not None and not compute:
         raise ValueError(f"{_OP}: optimizer must be None with compute=False (its step would write "
                          "meaningless values into the parameters)")
-    kinds = _module_kinds(model)
     saved = None if compute else [(p, p.grad) for p in model.parameters()]
     if saved is not None:
         for p, _ in saved:
             p.grad = None
-    phases = {}
+    counter = _Attribution(model)
     try:
         with contextlib.nullcontext() if compute else _ShapesOnly():
-            with FlopCounterMode(display=False) as counter:
+            with counter.hooks():
                 loss = loss_fn()
                 if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                     shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else ""
                     raise ValueError(f"{_OP}: loss_fn must return a scalar tensor, got {type(loss).__name__}{shape}")
-                marks = [_snapshot(counter)]
+                counter.phase = "backward"
                 loss.backward()
-                marks.append(_snapshot(counter))
                 if optimizer is not None:
+                    counter.phase = "optimizer"
                     optimizer.step()
-                marks.append(_snapshot(counter))
     finally:
         if saved is not None:
             for p, grad in saved:
                 p.grad = grad
-    previous = {}
-    for phase, mark in zip(PHASES, marks):
-        phases[phase] = _by_layer(_exclusive(_difference(mark, previous)), kinds)
-        previous = mark
-    return StepFlops({p: d for p, d in phases.items() if d})
+    return StepFlops(counter.by_layer())
 
 
 def num_params(model: nn.Module, *, embedding: bool = True) -> int:

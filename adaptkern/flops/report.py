@@ -298,8 +298,10 @@ def format_report(report: FlopReport) -> str:
     lines = [f"adaptkern flops: {report.model} ({_describe(report)})",
              f"parameters: {si(report.params)} total; N = {si(report.params_non_embedding)} non-embedding "
              "(6*N*D uses this N, Kaplan et al.; D = tokens)",
-             "exact: FlopCounterMode over one training step (forward + backward; the optimizer is excluded), "
-             "one sample per shape", ""]
+             "exact: FlopCounterMode's formulas over one training step (forward + backward; the optimizer is "
+             "excluded)", ""]
+    if report.mixed:  # the batch asked for comes first; the per-shape tables below explain it
+        lines += _mixed_tables(report) + ["", "each shape alone:", ""]
     rows = [["per sample", "tokens", "forward", "backward", "total", "6*N*D", "exact/6ND", "attention"]]
     for s in report.shapes:
         six = report.six_nd(s.tokens)
@@ -321,12 +323,20 @@ def format_report(report: FlopReport) -> str:
     if per_call:
         rows.append(["patch_resize, per call"] + [si(s.per_call.total) for s in report.shapes])
     lines += _table(rows)
+    return "\n".join(lines)
+
+
+def _mixed_tables(report: FlopReport) -> list:
+    """One table per mixed batch: exact (packed) vs padded, per layer type."""
+    lines = []
     for m in report.mixed:
         counts = {}
         for label in m.samples:
             counts[label] = counts.get(label, 0) + 1
-        lines += ["", f"{m.label}: {len(m.samples)} samples ({', '.join(f'{k} x{v}' for k, v in counts.items())}), "
-                      f"{m.tokens} tokens packed; padded to {m.padded_label}: {m.padded_tokens} tokens"]
+        if lines:
+            lines.append("")
+        lines += [f"{m.label}: {len(m.samples)} samples ({', '.join(f'{k} x{v}' for k, v in counts.items())}), "
+                  f"{m.tokens} tokens packed; padded to {m.padded_label}: {m.padded_tokens} tokens"]
         rows = [["layer", "exact (packed)", "padded", "padded/exact"]]
         exact, padded = m.exact.by_layer(), m.padded.by_layer()
         for lay in [lay for lay in LAYER_TYPES if exact[lay] or padded[lay]]:
@@ -335,7 +345,7 @@ def format_report(report: FlopReport) -> str:
         rows.append(["total", si(m.exact.total), si(m.padded.total), f"{_ratio(m.padded.total, m.exact.total):.3f}"])
         rows.append(["6*N*D", si(report.six_nd(m.tokens)), si(report.six_nd(m.padded_tokens)), ""])
         lines += _table(rows)
-    return "\n".join(lines)
+    return lines
 
 
 def plot_report(report: FlopReport, path) -> str:

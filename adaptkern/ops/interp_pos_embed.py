@@ -18,6 +18,7 @@ from .._checks import DTypeError, check_cu_seqlens, check_int, check_tensor, val
 from ..flops.interp_pos_embed import interp_pos_embed_flops
 from ..reference import interp_pos_embed as reference
 from .pack import on_device
+from .pos_embed_layout import add_prefix_pos, read_pos_embed, resolve_interpolation
 
 _OP = "adaptkern.interp_pos_embed"
 _ADD_OP = "adaptkern.add_interp_pos_embed"
@@ -173,7 +174,7 @@ def _(grad, grid_sizes, cu_seqlens, num_prefix_tokens, base_h, base_w, mode, ant
 
 def _check_options(op, mode, antialias, align_corners):
     if mode not in reference.MODES:
-        raise ValueError(f"{op}: mode must be one of {reference.MODES}, got {mode!r}")
+        raise ValueError(f"{op}: interpolation must be one of {reference.MODES}, got {mode!r}")
     for name, value in (("antialias", antialias), ("align_corners", align_corners)):
         if not isinstance(value, bool):
             raise TypeError(f"{op}: {name} must be a bool, got {type(value).__name__}")
@@ -216,20 +217,25 @@ def _resolve(op, backend, pos_embed, tokens=None):
     return name
 
 
-def interp_pos_embed(pos_embed: torch.Tensor, grid_sizes: torch.Tensor, *, mode: str = "bicubic",
+def interp_pos_embed(pos_embed: torch.Tensor, grid_sizes: torch.Tensor, *, interpolation: str = "bicubic",
                      antialias: bool = True, align_corners: bool = False, backend: Optional[str] = None,
-                     total_tokens: Optional[int] = None) -> torch.Tensor:
+                     total_tokens: Optional[int] = None, num_prefix_tokens: int = 0, base_grid=None,
+                     mode: Optional[str] = None) -> torch.Tensor:
     """The base positional-embedding grid resampled to every sequence's own grid, packed.
 
     Sequence i's block equals ``F.interpolate(pos_embed.permute(2, 0, 1)[None].float(),
-    size=(h_i, w_i), mode=mode, antialias=antialias, align_corners=align_corners)[0]
+    size=(h_i, w_i), mode=interpolation, antialias=antialias, align_corners=align_corners)[0]
     .permute(1, 2, 0).reshape(-1, D)``, computed in float32 (float64 for float64 input on the
     reference backend) and returned in pos_embed's dtype.
 
     Args:
         pos_embed: (Gh, Gw, D) base grid; float16, bfloat16, float32 (float64: reference).
+            timm's layouts are read too (see ``adaptkern.ops.pos_embed_layout``): (1, Gh, Gw, D),
+            and (1, P + Gh*Gw, D) with P = 0 or num_prefix_tokens prefix entries (left out
+            here) and the grid base_grid=(Gh, Gw) or the square one the count implies.
         grid_sizes: int32 (S, 2), (h_i, w_i) >= 0 per sequence (0: no tokens), on pos_embed's device.
-        mode: "bilinear" or "bicubic". antialias: widen the filter when downsampling.
+        interpolation: "bilinear" or "bicubic" (``mode=`` is its deprecated alias).
+        antialias: widen the filter when downsampling.
         align_corners: as F.interpolate's.
         backend: "reference", "triton", "cuda" or None (see DESIGN: dispatch).
         total_tokens: sum of h_i*w_i when known; otherwise it is read from grid_sizes (a host
@@ -237,6 +243,8 @@ def interp_pos_embed(pos_embed: torch.Tensor, grid_sizes: torch.Tensor, *, mode:
 
     Returns (sum_i h_i*w_i, D) in pos_embed's dtype, row-major per sequence.
     """
+    mode = resolve_interpolation(_OP, interpolation, mode)
+    pos_embed, _ = read_pos_embed(_OP, pos_embed, num_prefix_tokens, base_grid)
     _check_options(_OP, mode, antialias, align_corners)
     _check_grid_inputs(_OP, pos_embed, grid_sizes)
     if value_checks_enabled(grid_sizes):
@@ -257,26 +265,32 @@ def interp_pos_embed(pos_embed: torch.Tensor, grid_sizes: torch.Tensor, *, mode:
 
 
 def add_interp_pos_embed(tokens: torch.Tensor, pos_embed: torch.Tensor, grid_sizes: torch.Tensor,
-                         cu_seqlens: torch.Tensor, *, num_prefix_tokens: int = 0, mode: str = "bicubic",
+                         cu_seqlens: torch.Tensor, *, num_prefix_tokens: int = 0, interpolation: str = "bicubic",
                          antialias: bool = True, align_corners: bool = False,
-                         backend: Optional[str] = None) -> torch.Tensor:
+                         backend: Optional[str] = None, base_grid=None, mode: Optional[str] = None) -> torch.Tensor:
     """tokens + every sequence's resampled positional embedding, in one pass.
 
     Each packed sequence is ``num_prefix_tokens`` prefix tokens (class / register tokens:
     nothing added) followed by its h_i*w_i patch tokens, row-major, which get
     ``interp_pos_embed(pos_embed, grid_sizes, ...)``'s block i. The sum is computed in
-    float32 and rounded once to tokens' dtype.
+    float32 and rounded once to tokens' dtype. A pos_embed in timm's flat layout with its
+    own prefix entries, (1, num_prefix_tokens + Gh*Gw, D) (timm's default
+    no_embed_class=False), adds those entries to every sequence's prefix tokens, as timm does.
 
     Args:
         tokens: (T, D) packed tokens; float16, bfloat16, float32 (float64: reference).
-        pos_embed: (Gh, Gw, D) base grid, same device (any of those dtypes).
+        pos_embed: (Gh, Gw, D) base grid, same device (any of those dtypes), or a timm layout
+            (see interp_pos_embed; base_grid=(Gh, Gw) names its grid).
         grid_sizes: int32 (S, 2), (h_i, w_i) >= 0 (0: no patch tokens).
         cu_seqlens: int32 (S+1,): cu_seqlens[i+1] - cu_seqlens[i] == num_prefix_tokens + h_i*w_i.
-        num_prefix_tokens, mode, antialias, align_corners, backend: see above and interp_pos_embed.
+        num_prefix_tokens, interpolation, antialias, align_corners, backend, base_grid: see
+            above and interp_pos_embed (``mode=`` is interpolation's deprecated alias).
 
     Returns (T, D) in tokens' dtype. Gradients flow to tokens (identity) and pos_embed.
     Validating grid_sizes against cu_seqlens reads both on the host (see set_validation).
     """
+    mode = resolve_interpolation(_ADD_OP, interpolation, mode)
+    pos_embed, prefix_pos = read_pos_embed(_ADD_OP, pos_embed, num_prefix_tokens, base_grid)
     _check_options(_ADD_OP, mode, antialias, align_corners)
     check_tensor(_ADD_OP, "tokens", tokens, ndim=2, dtypes=_DTYPES)
     _check_grid_inputs(_ADD_OP, pos_embed, grid_sizes)
@@ -299,5 +313,6 @@ def add_interp_pos_embed(tokens: torch.Tensor, pos_embed: torch.Tensor, grid_siz
                 f"{_ADD_OP}: sequence {i} has {int(lengths[i])} tokens in cu_seqlens but num_prefix_tokens + h*w = "
                 f"{num_prefix_tokens} + {int(grids[i, 0])}*{int(grids[i, 1])} = {int(expected[i])} from grid_sizes")
     name = _resolve(_ADD_OP, backend, pos_embed, tokens)
-    return add_interp_pos_embed_op(tokens.contiguous(), pos_embed.contiguous(), grid_sizes.contiguous(),
-                                   cu_seqlens.contiguous(), num_prefix_tokens, mode, antialias, align_corners, name)
+    out = add_interp_pos_embed_op(tokens.contiguous(), pos_embed.contiguous(), grid_sizes.contiguous(),
+                                  cu_seqlens.contiguous(), num_prefix_tokens, mode, antialias, align_corners, name)
+    return out if prefix_pos is None else add_prefix_pos(out, prefix_pos, cu_seqlens)
