@@ -48,7 +48,7 @@ def test_interpreter_problem_names_the_triton_numpy_clash(monkeypatch, triton_ve
 
     monkeypatch.setattr(triton, "__version__", triton_version)
     monkeypatch.setattr(numpy, "__version__", numpy_version)
-    problem = _backend.interpreter_problem.__wrapped__()
+    problem = _backend.find_interpreter_problem()
     assert bool(problem) == broken
     if broken:
         assert "numpy<2.4" in problem and triton_version in problem
