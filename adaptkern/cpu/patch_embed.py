@@ -61,7 +61,7 @@ def patch_embed_grad_input(grad, weight, images):
     embed_dim, _, patch_h, patch_w = weight.shape
     compute = compute_dtype(grad.dtype)
     grad_patches = grad.to(compute) @ weight.reshape(embed_dim, -1).to(compute)
-    grads = [torch.empty(x.shape, dtype=x.dtype) for x in _pieces(images)]
+    grads = [torch.empty_like(x) for x in _pieces(images)]  # the strides the fake impls promise
     for g, rows in _pieces_and_rows(grads, grad_patches, patch_h, patch_w):
         _patch_view(g, patch_h, patch_w).copy_(rows)
     return grads[0] if isinstance(images, torch.Tensor) else grads
