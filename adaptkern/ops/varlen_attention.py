@@ -181,9 +181,9 @@ def _attention(op, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
         raise TypeError(f"{op}: softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
     elif not math.isfinite(softmax_scale):
         raise ValueError(f"{op}: softmax_scale must be finite, got {softmax_scale}")
-    if backend is None and not os.environ.get(_backend.ENV_VAR) and q.is_cuda and q.dtype not in _TRITON_DTYPES:
-        backend = "reference"  # the default picks triton on CUDA, which has no float64 kernels
     name = _backend.resolve_backend(backend, q.device, op=op)
+    if name == "triton" and q.dtype not in _TRITON_DTYPES and backend is None and not os.environ.get(_backend.ENV_VAR):
+        name = "reference"  # the default picks triton on CUDA, which has no float64 kernels
     if name == "triton" and q.dtype not in _TRITON_DTYPES:
         raise DTypeError(f"{op}: q has dtype {q.dtype}; backend='triton' supports float16, bfloat16 and float32 "
                          "(float64 runs on backend='reference')")
