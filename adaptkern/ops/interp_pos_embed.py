@@ -237,7 +237,7 @@ def interp_pos_embed(pos_embed: torch.Tensor, grid_sizes: torch.Tensor, *, mode:
         grid_sizes: int32 (S, 2), (h_i, w_i) >= 1 per sequence, on pos_embed's device.
         mode: "bilinear" or "bicubic". antialias: widen the filter when downsampling.
         align_corners: as F.interpolate's.
-        backend: "reference", "triton", "cuda" or None (see DESIGN: dispatch).
+        backend: "reference", "cpu", "triton", "cuda" or None (see DESIGN: dispatch).
         total_tokens: sum of h_i*w_i when known; otherwise it is read from grid_sizes (a host
             sync on a GPU, and needed under torch.compile(fullgraph=True)).
 

@@ -352,7 +352,7 @@ def flexi_patch_embed(images: torch.Tensor, weight: torch.Tensor, bias: Optional
         patch_size: int or (ph, pw), each >= 1.
         interpolation, antialias: the resize whose pseudo-inverse resizes the weight
             ("bilinear" or "bicubic").
-        backend: "reference", "triton", "cuda" or None (see DESIGN: dispatch).
+        backend: "reference", "cpu", "triton", "cuda" or None (see DESIGN: dispatch).
 
     Returns (B, N, D) tokens in images' dtype (the autocast dtype under autocast),
     N = (H/ph)*(W/pw) row-major: conv2d(images, pi_resize(weight), bias, stride=patch)
