@@ -55,10 +55,12 @@ def test_cpu_matches_reference(dtype, causal, window_size, heads):
 
 
 def test_cpu_equal_lengths_are_one_bucket_and_match():
+    # One bucket covering every row: the kernel's outputs are returned without a copy.
     lengths = [9] * 5
     batch = make_batch(lengths, lengths, 4, 1, 32, torch.float64)
     assert list(cpu_attention.buckets(batch[3], batch[4])) == [(9, 9)]
     _compare(*batch, torch.float32, causal=True)
+    _compare(*make_batch([6] * 3, [4] * 3, 2, 2, 16, torch.float64), torch.float64, causal=True)  # blind rows
 
 
 def test_cpu_rows_without_keys_and_empty_batches():

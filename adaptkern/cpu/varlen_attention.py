@@ -94,6 +94,25 @@ def _kv(k, v, group):
     return k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
 
 
+def _destination(like, shape, covered, whole, fill=0.0, dtype=None):
+    """The tensor bucket results are scattered into: none when one bucket is everything (its
+    result is returned as is), uninitialised when the buckets cover every row, else filled
+    with ``fill`` (rows of sequences without keys / queries). Fresh large buffers cost page
+    faults on every call, so the common cases allocate nothing or write each byte once."""
+    if whole:
+        return None
+    dtype = dtype or like.dtype
+    return like.new_empty(shape, dtype=dtype) if covered else like.new_full(shape, fill, dtype=dtype)
+
+
+def _layout(groups, total_q, total_k):
+    """(rows of q covered, rows of k covered, one consecutive bucket from row 0 covers both)."""
+    covered_q = sum(len(starts) * len_q for (len_q, _), starts in groups.items()) == total_q
+    covered_k = sum(len(starts) * len_k for (_, len_k), starts in groups.items()) == total_k
+    whole = len(groups) == 1 and covered_q and covered_k and next(iter(groups.values()))[0] == (0, 0)
+    return covered_q, covered_k, whole
+
+
 def varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal=False, window_left=-1,
                              window_right=-1):
     """out (total_q, Hq, D) in q's dtype and lse (Hq, total_q) float32 (float64 for float64)
@@ -102,9 +121,11 @@ def varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale,
     group = num_heads // k.shape[1]
     left, right = effective_window(causal, window_left, window_right)
     lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    out = q.new_zeros(q.shape)
-    lse = torch.full((num_heads, total_q), float("-inf"), dtype=lse_dtype)
-    for (len_q, len_k), starts in buckets(cu_seqlens_q, cu_seqlens_k).items():
+    groups = buckets(cu_seqlens_q, cu_seqlens_k)
+    covered, _, whole = _layout(groups, total_q, k.shape[0])
+    out = _destination(q, q.shape, covered, whole)
+    lse = _destination(q, (num_heads, total_q), covered, whole, float("-inf"), lse_dtype)
+    for (len_q, len_k), starts in groups.items():
         rows_q, rows_k = _Rows([s[0] for s in starts], len_q), _Rows([s[1] for s in starts], len_k)
         is_causal, mask, seen = _mask(len_q, len_k, left, right, q.dtype)
         ks, vs = _kv(_heads_first(rows_k.gather(k)), _heads_first(rows_k.gather(v)), group)
@@ -113,6 +134,8 @@ def varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale,
         if seen is not None:
             o = torch.where(seen[:, None, None], o, 0)
             l = torch.where(seen, l, float("-inf"))
+        if whole:
+            return o.reshape(q.shape), l.transpose(0, 1).reshape(num_heads, total_q)
         rows_q.scatter(out, o)
         rows_q.scatter(lse, l.transpose(0, 1), dim=1)
     return out, lse
@@ -135,8 +158,11 @@ def varlen_attention_backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_se
     num_heads, num_kv_heads, head_dim = q.shape[1], k.shape[1], q.shape[2]
     group = num_heads // num_kv_heads
     left, right = effective_window(causal, window_left, window_right)
-    dq, dk, dv = q.new_zeros(q.shape), k.new_zeros(k.shape), v.new_zeros(v.shape)
-    for (len_q, len_k), starts in buckets(cu_seqlens_q, cu_seqlens_k).items():
+    groups = buckets(cu_seqlens_q, cu_seqlens_k)
+    covered_q, covered_k, whole = _layout(groups, q.shape[0], k.shape[0])
+    dq = _destination(q, q.shape, covered_q, whole)
+    dk, dv = (_destination(k, k.shape, covered_k, whole) for _ in range(2))
+    for (len_q, len_k), starts in groups.items():
         rows_q, rows_k = _Rows([s[0] for s in starts], len_q), _Rows([s[1] for s in starts], len_k)
         is_causal, mask, seen = _mask(len_q, len_k, left, right, q.dtype)
         qs, os_, dos = (_heads_first(rows_q.gather(x)) for x in (q, out, dout))
@@ -155,6 +181,8 @@ def varlen_attention_backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_se
         gq, gk, gv = (g[..., :head_dim].transpose(1, 2) for g in (gq, gk, gv))  # (n, L, H, D)
         if gk.shape[2] != num_kv_heads:
             gk, gv = (g.unflatten(2, (num_kv_heads, group)).sum(3) for g in (gk, gv))
+        if whole:
+            return gq.reshape(q.shape), gk.reshape(k.shape), gv.reshape(v.shape)
         rows_q.scatter(dq, gq)
         rows_k.scatter(dk, gk)
         rows_k.scatter(dv, gv)
