@@ -54,13 +54,15 @@ def add_interp_pos_embed(tokens, pos_embed, grid_sizes, cu_seqlens, num_prefix_t
     opts = dict(mode=mode, antialias=antialias, align_corners=align_corners)
     table = pos_embed.to(compute)
     grids, starts = _grids_and_starts(grid_sizes, cu_seqlens, num_prefix_tokens)
-    if tokens is None:
-        out = torch.zeros(total, pos_embed.shape[2], dtype=compute)
-    else:
-        out = tokens.to(compute, copy=True)
+    # Without tokens the blocks tile the output (the op made cu_seqlens from the grids).
+    out = torch.empty(total, pos_embed.shape[2], dtype=compute) if tokens is None else tokens.to(compute, copy=True)
     blocks = {grid: _resample(table, grid, opts) for grid in dict.fromkeys(grids)}
     for grid, start in zip(grids, starts):
-        out[start:start + grid[0] * grid[1]] += blocks[grid]
+        rows = out[start:start + grid[0] * grid[1]]
+        if tokens is None:
+            rows.copy_(blocks[grid])
+        else:
+            rows.add_(blocks[grid])
     return out.to(pos_embed.dtype if tokens is None else tokens.dtype)
 
 
