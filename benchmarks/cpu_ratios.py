@@ -50,7 +50,8 @@ def main(argv=None) -> int:
     for i in range(args.repeat):
         data = suite.run_suite("cpu", rep_ms=args.rep_ms, command=command, progress=False)
         path = runner.write_results(data, args.out)
-        print(f"run {i + 1}/{args.repeat}: wrote {path}" + (f" ({len(data['errors'])} errors)" if data["errors"] else ""))
+        errors = f" ({len(data['errors'])} errors)" if data["errors"] else ""
+        print(f"run {i + 1}/{args.repeat}: wrote {path}{errors}")
         for error in data["errors"]:
             print(f"ERROR: {error}", file=sys.stderr)
         runs.append(ratios(data))
