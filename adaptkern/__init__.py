@@ -1,7 +1,7 @@
 """adaptkern: GPU kernels, exact FLOP accounting and scaling laws for adaptive-shape training.
 
-Public names follow ../shared/DESIGN.md. Ops take ``backend=None|"reference"|"triton"|"cuda"``;
-``ADAPTKERN_BACKEND`` overrides the default (CUDA tensors -> GPU kernels, CPU -> reference).
+Public names follow ../shared/DESIGN.md. Ops take ``backend=None|"reference"|"cpu"|"triton"|"cuda"``;
+``ADAPTKERN_BACKEND`` overrides the default (CUDA tensors -> GPU kernels, CPU -> cpu).
 """
 
 __version__ = "0.1.0"

@@ -101,7 +101,7 @@ def test_wrong_ours_stops_the_op_and_the_cli_exits_nonzero(monkeypatch, tmp_path
     assert main(["bench", "--op", "interp_pos_embed", "--quick", "--rep-ms", "1", "--out", str(tmp_path),
                  "--no-progress", "--no-plot"]) == 1
     err = capsys.readouterr().err
-    assert "FAILED" in err and "interp_pos_embed tiny fwd float32: fused (reference) out relative error" in err
+    assert "FAILED" in err and "interp_pos_embed tiny fwd float32: fused (cpu) out relative error" in err
     (path,) = tmp_path.glob("*.json")
     data = runner.validate(json.loads(path.read_text()))
     assert data["rows"] == [] and len(data["errors"]) == 1

@@ -30,9 +30,13 @@ def test_cuda_extension_built_and_imports():
         assert module.device_count() == 0
 
 
-def test_default_backend_is_reference_on_cpu(monkeypatch):
+def test_default_backend_is_cpu_on_cpu(monkeypatch):
     monkeypatch.delenv("ADAPTKERN_BACKEND", raising=False)
-    assert _backend.resolve_backend(None, "cpu", op="t") == "reference"
+    assert _backend.resolve_backend(None, "cpu", op="t") == "cpu"
+    assert _backend.resolve_backend(None, "meta", op="t") == "reference"
+    assert "cpu" in _backend.available_backends("cpu") and "cpu" not in _backend.available_backends("cuda")
+    with pytest.raises(RuntimeError, match="backend='cpu' needs CPU tensors"):
+        _backend.resolve_backend("cpu", "cuda", op="t")
     monkeypatch.setenv("ADAPTKERN_BACKEND", "triton")
     if _backend.triton_interpreting():
         assert _backend.resolve_backend(None, "cpu", op="t") == "triton"
@@ -48,7 +52,7 @@ def test_interpreter_problem_names_the_triton_numpy_clash(monkeypatch, triton_ve
 
     monkeypatch.setattr(triton, "__version__", triton_version)
     monkeypatch.setattr(numpy, "__version__", numpy_version)
-    problem = _backend.interpreter_problem.__wrapped__()
+    problem = _backend.find_interpreter_problem()
     assert bool(problem) == broken
     if broken:
         assert "numpy<2.4" in problem and triton_version in problem

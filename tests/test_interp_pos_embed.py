@@ -1,5 +1,5 @@
-"""interp_pos_embed / add_interp_pos_embed / InterpPosEmbed on the reference backend and the
-public surface: per-grid F.interpolate in float64 as the oracle (every mode x antialias x
+"""interp_pos_embed / add_interp_pos_embed / InterpPosEmbed on the reference and cpu backends
+and the public surface: per-grid F.interpolate in float64 as the oracle (every mode x antialias x
 align_corners, up and down, non-square, 1xN, Nx1, 1x1), gradients, FLOP counts, custom-op
 checks, torch.compile and errors. The Triton and CUDA kernels: test_interp_pos_embed_kernels.py."""
 
@@ -16,6 +16,7 @@ from helpers import assert_as_accurate_as_torch, assert_rel_close
 MODES = ("bilinear", "bicubic")
 OPTIONS = [dict(mode=m, antialias=aa, align_corners=ac) for m in MODES for aa in (False, True) for ac in (False, True)]
 OPTION_IDS = [f"{o['mode']}-aa{int(o['antialias'])}-ac{int(o['align_corners'])}" for o in OPTIONS]
+CPU_BACKENDS = ["reference", "cpu"]
 
 
 # ----------------------------------------------------------------------------- oracle
@@ -73,14 +74,41 @@ def packed_batch(grids, num_prefix_tokens, dim, dtype, device):
 
 # ----------------------------------------------------------------------------- forward
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("opts", OPTIONS, ids=OPTION_IDS)
 @pytest.mark.parametrize("base", [(1, 1), (1, 6), (5, 1), (4, 4), (6, 9), (13, 7)])
-def test_reference_matches_interpolate(opts, base):
+def test_reference_matches_interpolate(opts, base, backend):
     """Up- and downsampling to random grids (1xN, Nx1 and 1x1 included), float64 exact."""
     pos = torch.randn(*base, 5, dtype=torch.float64)
     grids = random_grids(6, 2 * base[0] + 3, 2 * base[1] + 3) + [(1, 1), base]
-    out = ak.interp_pos_embed(pos, torch.tensor(grids, dtype=torch.int32), **opts)
+    out = ak.interp_pos_embed(pos, torch.tensor(grids, dtype=torch.int32), backend=backend, **opts)
     assert_rel_close(out, oracle(pos, grids, **opts))
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=OPTION_IDS)
+def test_cpu_nan_reaches_only_the_outputs_whose_taps_read_it(opts):
+    """A NaN in one base cell (r, c): on the cpu backend output (i, j) of a grid is NaN if it
+    weighs the cell (nonzero weight along both axes) and finite unless one of its taps reads
+    it, so grids that never sample it stay finite (unlike a dense matmul)."""
+    base_h, base_w = 9, 7
+    pos = torch.randn(base_h, base_w, 3, dtype=torch.float64)
+    r, c = int(torch.randint(0, base_h, ())), int(torch.randint(0, base_w, ()))
+    pos[r, c] = float("nan")
+    grids = random_grids(6, 20, 15) + [(1, 1), (2, 2), (3, 2)]
+    out = ak.interp_pos_embed(pos, torch.tensor(grids, dtype=torch.int32), backend="cpu", **opts)
+    start = 0
+    for h, w in grids:
+        block = torch.isnan(out[start:start + h * w]).view(h, w, 3)
+        start += h * w
+        assert (block == block[..., :1]).all()
+        reach = []
+        for size, out_size, cell in ((base_h, h, r), (base_w, w, c)):
+            index, weight, count = reference.axis_taps(size, out_size, dtype=torch.float64, **opts)
+            used = torch.arange(index.shape[1]) < count[:, None]
+            reach.append((((index == cell) & used).any(1), ((index == cell) & (weight != 0)).any(1)))
+        may, must = (reach[0][k][:, None] & reach[1][k][None, :] for k in (0, 1))
+        assert (block[..., 0] <= may).all() and (block[..., 0] >= must).all(), (h, w)
+    assert torch.isfinite(out).any()
 
 
 @pytest.mark.parametrize("opts", OPTIONS, ids=OPTION_IDS)
@@ -108,14 +136,17 @@ def test_reference_dtypes_compute_in_float32(dtype):
     assert_as_accurate_as_torch(out, expected, torch_value)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("num_prefix_tokens", [0, 1, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-def test_add_matches_oracle(num_prefix_tokens, dtype):
+def test_add_matches_oracle(num_prefix_tokens, dtype, backend):
     opts = dict(mode="bilinear", antialias=True, align_corners=False)
     grids = random_grids(5, 9, 9)
+    grids += grids[1:3]  # repeated grids: computed once, added to each of their sequences
     tokens, grid_sizes, cu = packed_batch(grids, num_prefix_tokens, 10, dtype, "cpu")
     pos = torch.randn(6, 4, 10).to(dtype)
-    out = ak.add_interp_pos_embed(tokens, pos, grid_sizes, cu, num_prefix_tokens=num_prefix_tokens, **opts)
+    out = ak.add_interp_pos_embed(tokens, pos, grid_sizes, cu, num_prefix_tokens=num_prefix_tokens, backend=backend,
+                                  **opts)
     assert out.dtype == dtype
     expected = oracle_add(tokens, pos, grids, num_prefix_tokens, **opts)
     assert_rel_close(out, expected)
@@ -144,14 +175,17 @@ def test_empty_batch_and_empty_channels():
 
 # ----------------------------------------------------------------------------- gradients
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("opts", OPTIONS, ids=OPTION_IDS)
-def test_gradients_match_autograd_of_interpolate(opts):
+def test_gradients_match_autograd_of_interpolate(opts, backend):
     grids = random_grids(4, 8, 8) + [(1, 1)]
+    grids += grids[:2]
     tokens, grid_sizes, cu = packed_batch(grids, 2, 6, torch.float64, "cpu")
     pos = torch.randn(5, 3, 6, dtype=torch.float64)
     weight = torch.randn_like(tokens)
     results = []
-    for fn in (lambda t, p: ak.add_interp_pos_embed(t, p, grid_sizes, cu, num_prefix_tokens=2, **opts),
+    for fn in (lambda t, p: ak.add_interp_pos_embed(t, p, grid_sizes, cu, num_prefix_tokens=2, backend=backend,
+                                                    **opts),
                lambda t, p: oracle_add(t, p, grids, 2, **opts)):
         t, p = tokens.clone().requires_grad_(), pos.clone().requires_grad_()
         (fn(t, p) * weight).sum().backward()
@@ -160,15 +194,16 @@ def test_gradients_match_autograd_of_interpolate(opts):
     assert torch.equal(results[0][0], weight), "the gradient for tokens is the identity"
 
 
-def test_gradcheck_float64():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gradcheck_float64(backend):
     grid_sizes = torch.tensor([[3, 2], [1, 4], [5, 1]], dtype=torch.int32)
     pos = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
-    torch.autograd.gradcheck(lambda p: ak.interp_pos_embed(p, grid_sizes, mode="bicubic"), (pos,))
+    torch.autograd.gradcheck(lambda p: ak.interp_pos_embed(p, grid_sizes, mode="bicubic", backend=backend), (pos,))
     cu = ak.cu_seqlens_from_lengths([7, 5, 6])
     tokens = torch.randn(18, 3, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradcheck(
         lambda t, p: ak.add_interp_pos_embed(t, p, grid_sizes, cu, num_prefix_tokens=1, mode="bilinear",
-                                             antialias=False), (tokens, pos))
+                                             antialias=False, backend=backend), (tokens, pos))
 
 
 # ----------------------------------------------------------------------------- FLOPs
@@ -211,13 +246,14 @@ def test_flop_formula_counts_taps():
 
 # ----------------------------------------------------------------------------- custom ops
 
-def test_custom_ops_pass_opcheck():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_custom_ops_pass_opcheck(backend):
     grid_sizes = torch.tensor([[2, 3], [4, 1]], dtype=torch.int32)
     cu = ak.cu_seqlens_from_lengths([7, 5])
     pos = torch.randn(3, 3, 4, requires_grad=True)
     tokens = torch.randn(12, 4, requires_grad=True)
     plain = torch.tensor([0, 6, 10], dtype=torch.int32)
-    args = ("bicubic", True, False, "reference")
+    args = ("bicubic", True, False, backend)
     torch.library.opcheck(torch.ops.adaptkern.interp_pos_embed.default, (pos, grid_sizes, plain, 10, *args))
     torch.library.opcheck(torch.ops.adaptkern.add_interp_pos_embed.default, (tokens, pos, grid_sizes, cu, 1, *args))
     grad = torch.randn(12, 4)

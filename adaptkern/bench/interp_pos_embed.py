@@ -23,8 +23,12 @@ GPU_CASES = [
     ("naflex-so400m-1024", 64, 1024, (16, 16), 1152, 1, torch.bfloat16),
     ("naflex-b16-256-fp32", 256, 256, (16, 16), 768, 1, torch.float32),
 ]
+# On CPU: issue 15's goal cases at ViT-Ti width: a spread of NaFlex grids, and equal grids
+# (a list of grids instead of an image count).
 CPU_CASES = [
     ("cpu-small", 8, 64, (8, 8), 64, 1, torch.float32),
+    ("cpu-spread-16", 16, 256, (16, 16), 192, 1, torch.float32),
+    ("cpu-equal-16", [(12, 12)] * 16, 144, (16, 16), 192, 1, torch.float32),
 ]
 OPTIONS = dict(mode="bicubic", antialias=True, align_corners=False)
 OP_OPTIONS = dict(interpolation="bicubic", antialias=True, align_corners=False)  # the ops' keyword
@@ -45,7 +49,9 @@ def naflex_grids(num_images: int, max_tokens: int, *, seed: int = 0):
 
 
 def make_batch(num_images, max_tokens, base_grid, dim, num_prefix_tokens, dtype, device, *, seed=0):
-    grids = naflex_grids(num_images, max_tokens, seed=seed)
+    """``num_images`` NaFlex grids (or ``num_images`` is the list of grids itself)."""
+    grids = list(num_images) if isinstance(num_images, (list, tuple)) else naflex_grids(num_images, max_tokens,
+                                                                                          seed=seed)
     lengths = [num_prefix_tokens + h * w for h, w in grids]
     cu_seqlens = torch.zeros(len(grids) + 1, dtype=torch.int32)
     cu_seqlens[1:] = torch.tensor(lengths).cumsum(0)
@@ -71,6 +77,18 @@ def per_grid_interpolate_add(tokens, pos_embed, rows, *, mode, antialias, align_
         block = F.interpolate(grid, size=(h, w), mode=mode, antialias=antialias, align_corners=align_corners)
         block = block[0].permute(1, 2, 0).reshape(h * w, -1).to(tokens.dtype)
         out.index_add_(0, index, block.repeat(index.numel() // (h * w), 1))
+    return out
+
+
+def per_image_interpolate_add(tokens, pos_embed, grids, cu_seqlens, num_prefix_tokens, *, mode, antialias,
+                               align_corners):
+    """What a user writes without a fused op: F.interpolate per image, added to its patch tokens."""
+    out = tokens.clone()
+    grid = pos_embed.permute(2, 0, 1)[None].float()
+    for (h, w), start in zip(grids, cu_seqlens.tolist()):
+        block = F.interpolate(grid, size=(h, w), mode=mode, antialias=antialias, align_corners=align_corners)
+        start += num_prefix_tokens
+        out[start:start + h * w] += block[0].permute(1, 2, 0).reshape(h * w, -1).to(tokens.dtype)
     return out
 
 

@@ -50,7 +50,10 @@ GPU_MIXED_CASES = [
     ("mixed-128to512-p16", [128, 192, 256, 320, 384, 448, 512] * 16, 3, 32, 16, 768),
 ]
 CPU_CASES = [("cpu-b4-64-p8", 4, 3, 64, 16, 8, 64)]
-CPU_MIXED_CASES = [("cpu-mixed-p8", [32, 48, 64, 24, 40, 56], 3, 16, 8, 64)]
+# On CPU: a spread of resolutions (issue 15's goal case) and equal ones, ViT-Ti width.
+CPU_MIXED_CASES = [("cpu-mixed-p8", [32, 48, 64, 24, 40, 56], 3, 16, 8, 64),
+                   ("cpu-spread-p16", [64, 96, 128, 160, 224, 112, 48, 192], 3, 32, 16, 192),
+                   ("cpu-equal-p16", [128] * 8, 3, 32, 16, 192)]
 
 
 def conv_path(images, weight, bias, patch):
@@ -66,6 +69,13 @@ def unfold_path(images, weight, bias, patch):
     columns = F.unfold(images, kernel_size=patch, stride=patch).transpose(1, 2)
     return F.linear(columns, resized.reshape(resized.shape[0], -1).to(images.dtype),
                     None if bias is None else bias.to(images.dtype))
+
+
+def per_image_path(images, weight, bias, patch):
+    """A list of images as a user writes it: one PI-resize, F.conv2d per image, tokens concatenated."""
+    resized = pi_resize(weight, patch)
+    return torch.cat([F.conv2d(x[None], resized.to(x.dtype), None if bias is None else bias.to(x.dtype),
+                               stride=patch).flatten(2).transpose(1, 2)[0] for x in images])
 
 
 def padded_path(images, weight, bias, patch, embed=conv_path):

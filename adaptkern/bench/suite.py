@@ -3,9 +3,10 @@
 into ``runner.Case`` objects, and the suite that runs them.
 
 On CUDA: adaptkern's GPU kernels against the peers named in each op's issue (``--quick``:
-one or two representative cases per op, bfloat16). On CPU: the op modules' small CPU cases,
-adaptkern's reference path against the naive padded PyTorch path, so a user without a GPU
-sees something true; GPU figures need a GPU.
+one or two representative cases per op, bfloat16). On CPU: the op modules' CPU cases (equal
+and spread length mixes, float32), adaptkern's cpu backend (the ratios' baseline) and its
+reference against what a user would write instead (padded SDPA, conv2d per image,
+F.interpolate per image); GPU figures need a GPU.
 """
 
 import torch
@@ -25,7 +26,7 @@ from .runner import Case, Impl, closures
 
 # Run in this order: attention last, as its FlexAttention peer spends a while compiling.
 OPS = ("patch_embed", "interp_pos_embed", "varlen_attention")
-CPU_NOTE = ("GPU figures need a GPU: this is the CPU suite (adaptkern's reference path against naive padded "
+CPU_NOTE = ("GPU figures need a GPU: this is the CPU suite (adaptkern's cpu backend and reference against plain "
             "PyTorch on small cases). Run `adaptkern bench` on a CUDA machine for kernel timings.")
 
 
@@ -35,7 +36,7 @@ def _name(dtype) -> str:
 
 def _ours(device) -> list:
     if device.type != "cuda":
-        return ["reference"]
+        return ["cpu", "reference"]
     return [b for b in _backend.available_backends(device) if b != "reference"] or ["reference"]
 
 
@@ -159,6 +160,7 @@ def patch_embed_mixed_case(spec, dtype, device, seed=0) -> Case:
     backends = _ours(device)
     packed = {f"adaptkern packed ({b})": ((lambda b: lambda w, c: flexi_patch_embed_packed(
         images, w, c, patch, backend=b).tokens)(b), True) for b in backends}
+    packed["resample + conv2d per image"] = (lambda w, c: pe.per_image_path(images, w, c, patch), False)
     padded = {f"pad + adaptkern ({backends[0]})": (lambda w, c: pe.padded_path(
         images, w, c, patch, embed=lambda x, w_, b_, p: flexi_patch_embed(x, w_, b_, p, backend=backends[0])), False),
               "pad + resample + conv2d": (lambda w, c: pe.padded_path(images, w, c, patch), False)}
@@ -190,6 +192,10 @@ def interp_case(spec, device, seed=0) -> Case:
     named = {f"fused ({b})": (fused(b), True) for b in _ours(device)}
     named["per-grid F.interpolate + gather-add"] = (
         lambda t, p: ip.per_grid_interpolate_add(t, p, batch["rows"], **ip.OPTIONS), False)
+    if device.type != "cuda":  # what a CPU user without the fused op writes
+        named["F.interpolate per image"] = (
+            lambda t, p: ip.per_image_interpolate_add(t, p, batch["grids"], batch["cu_seqlens"], prefix, **ip.OPTIONS),
+            False)
     impls = [Impl(n, (lambda fn: lambda mode: closures(fn, [tokens, pos], dout, mode, ("dtokens", "dpos")))(fn), ours)
              for n, (fn, ours) in named.items()]
     forward = interp_pos_embed_flops(batch["grids"], base_grid, dim, **ip.OPTIONS)
@@ -197,7 +203,7 @@ def interp_case(spec, device, seed=0) -> Case:
     extra = tokens.numel() * tokens.element_size() + pos.numel() * pos.element_size()  # dout read, dpos written
     return Case("interp_pos_embed", name, _name(dtype), impls, reference, {"fwd": forward, "fwd_bwd": 2 * forward},
                 {"fwd": fwd_bytes, "fwd_bwd": fwd_bytes + extra},
-                dict(images=images, tokens=tokens.shape[0], dim=dim, distinct_grids=len(batch["rows"])))
+                dict(images=len(batch["grids"]), tokens=tokens.shape[0], dim=dim, distinct_grids=len(batch["rows"])))
 
 
 # ----------------------------------------------------------------------------- the suite
@@ -211,7 +217,7 @@ def case_factories(op: str, device, *, quick: bool = False) -> list:
         if gpu:
             specs, dims, width, dtype = va.GPU_CASES, (va.GPU_HEAD_DIMS[-1:] if quick else va.GPU_HEAD_DIMS), \
                 va.MODEL_WIDTH, torch.bfloat16
-        else:  # the op module's causal CPU case, and a non-causal length mix
+        else:  # the op module's causal CPU cases, and a non-causal length mix
             specs = list(va.CPU_CASES) + [("cpu-small-noncausal", "small", 512, False)]
             dims, width, dtype = va.CPU_HEAD_DIMS, va.CPU_MODEL_WIDTH, torch.float32
         return [(f"{s[0]} D={d}", (lambda s, d: lambda: attention_case(s, d, width, dtype, device))(s, d))

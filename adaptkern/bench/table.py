@@ -71,7 +71,8 @@ def markdown(data: dict) -> str:
     """The run as a markdown section: provenance, then one table row per (case, mode, impl)."""
     lines = [header(data), ""]
     if data["meta"]["device_type"] != "cuda":
-        lines += ["> CPU run: these are not GPU figures (the CPU path is adaptkern's pure-PyTorch reference).", ""]
+        lines += ["> CPU run: these are not GPU figures (the CPU path is adaptkern's cpu backend: PyTorch's CPU "
+                  "kernels, composed).", ""]
     lines += ["| op | case | mode | dtype | implementation | ms (median) | TFLOP/s | GB/s | of peak | "
               "time / adaptkern | note |", "|---|---|---|---|---|---:|---:|---:|---:|---:|---|"]
     for r in data["rows"]:

@@ -2,10 +2,12 @@
 
 Implementations, on the same packed batch:
 
-* ``adaptkern``: ``ak.varlen_attention`` (Triton on a GPU, the reference on CPU);
+* ``adaptkern``: ``ak.varlen_attention`` (Triton on a GPU, the cpu backend on CPU, where
+  ``adaptkern (reference)`` runs too);
 * ``padded SDPA``: q/k/v zero-padded to (S, H, max_seqlen, D) beforehand (padding not
-  timed, the baseline's best case) and ``F.scaled_dot_product_attention`` with a boolean
-  key-padding (and causal) mask;
+  timed, the baseline's best case) and ``F.scaled_dot_product_attention``: with
+  ``is_causal=True`` for causal batches (right padding: no real query sees a padded key,
+  what a user would write), else with a boolean key-padding mask;
 * ``torch varlen (FA2)``: PyTorch's FlashAttention-2 varlen kernel through
   ``torch.nn.attention.varlen.varlen_attn`` (fwd and bwd), or
   ``torch.ops.aten._flash_attention_forward`` with cum_seq_q / cum_seq_k (fwd only) on
@@ -33,16 +35,21 @@ from .timing import time_ms, tflops
 
 # (name, length mix, target tokens per batch, causal); model width 2048 -> Hq = 2048 / D.
 GPU_CASES = [("uniform-64-4096", "uniform", 32768, True), ("vit-49-1024", "vit", 32768, False)]
-CPU_CASES = [("cpu-uniform-8-64", "small", 256, True)]
-GPU_HEAD_DIMS, CPU_HEAD_DIMS = (64, 128), (32,)
-MODEL_WIDTH, CPU_MODEL_WIDTH = 2048, 128
+# On CPU, issue 15's goal cases: 8 equal lengths, and a spread mix (given as lists).
+CPU_CASES = [("cpu-equal-8x128", [128] * 8, None, True),
+             ("cpu-spread-8", [512, 32, 200, 8, 64, 16, 300, 24], None, True)]
+GPU_HEAD_DIMS, CPU_HEAD_DIMS = (64, 128), (64,)
+MODEL_WIDTH, CPU_MODEL_WIDTH = 2048, 512
 REL_TOL = {torch.bfloat16: 2e-2, torch.float16: 3e-3, torch.float32: 2e-5}
 OURS = "adaptkern"
 
 
 def sample_lengths(mix: str, target_tokens: int, seed: int = 0) -> list:
     """Sequence lengths until their sum reaches ``target_tokens``: "uniform" in [64, 4096],
-    "vit" square patch grids with sides in [7, 32] (49 to 1024 tokens), "small" in [8, 64]."""
+    "vit" square patch grids with sides in [7, 32] (49 to 1024 tokens), "small" in [8, 64];
+    a list is the lengths themselves."""
+    if isinstance(mix, (list, tuple)):
+        return list(mix)
     gen = torch.Generator().manual_seed(seed)
     lengths = []
     while sum(lengths) < target_tokens:
@@ -60,9 +67,8 @@ def _padded_sdpa(lengths, causal, device):
     index = torch.cat([torch.arange(n) + b * longest for b, n in enumerate(lengths)]).to(device)
     valid = torch.arange(longest, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
     mask = valid[:, None, None, :]  # keys: real tokens only; padded query rows are discarded
-    if causal:
-        pos = torch.arange(longest, device=device)
-        mask = mask & (pos[None, :] <= pos[:, None])[None, None]  # Lq == Lk: bottom-right = top-left
+    if causal:  # right padding: real query i sees keys j <= i, all real; padded rows are dropped
+        mask = None
 
     def pad(x):
         out = x.new_zeros(batch * longest, *x.shape[1:])
@@ -70,7 +76,8 @@ def _padded_sdpa(lengths, causal, device):
         return out.view(batch, longest, *x.shape[1:]).transpose(1, 2).detach()
 
     def attend(qp, kp, vp):
-        return F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, enable_gqa=qp.shape[1] != kp.shape[1])
+        return F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, is_causal=causal,
+                                              enable_gqa=qp.shape[1] != kp.shape[1])
 
     def unpad(out):
         return out.transpose(1, 2).reshape(batch * longest, out.shape[1], out.shape[3])[index]
@@ -138,11 +145,15 @@ def implementations(lengths, causal, q, k, v, device):
     """{name: (packed forward fn(q, k, v) -> out, pad fn or None, unpad fn or None, note)}."""
     cu = cu_seqlens_from_lengths(lengths, device)
     longest, gqa = max(lengths), q.shape[1] != k.shape[1]
-    backend = "triton" if device.type == "cuda" else "reference"
-    impls = {OURS: (lambda q, k, v: varlen_attention(q, k, v, cu, cu, longest, longest, causal=causal,
-                                                     backend=backend), None, None, None)}
+    def ours(backend):
+        return lambda q, k, v: varlen_attention(q, k, v, cu, cu, longest, longest, causal=causal, backend=backend)
+
+    impls = {OURS: (ours("triton" if device.type == "cuda" else "cpu"), None, None, None)}
+    if device.type != "cuda":
+        impls[f"{OURS} (reference)"] = (ours("reference"), None, None, None)
     pad, attend, unpad = _padded_sdpa(lengths, causal, device)
-    impls["padded SDPA"] = (attend, pad, unpad, "inputs padded before timing")
+    impls["padded SDPA"] = (attend, pad, unpad, "inputs padded before timing" + (", is_causal" if causal else
+                                                                                 ", key mask"))
     if device.type != "cuda":
         impls["torch varlen (FA2)"] = (None, None, None, "needs CUDA")
         impls["FlexAttention (document mask)"] = (None, None, None, "needs CUDA")

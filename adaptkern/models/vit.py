@@ -25,7 +25,7 @@ class PackedViT(nn.Module):
         base_patch_size: patch size of the stored patch-embedding weight (PI-resized to
             whatever patch size a call asks for).
         pos_grid: (rows, cols) of the stored position-embedding grid, resampled per image.
-        backend: passed to every op (None: CUDA -> kernels, CPU -> reference).
+        backend: passed to every op (None: CUDA -> kernels, CPU -> the cpu backend).
     """
 
     def __init__(self, *, num_classes: int, in_chans: int = 3, dim: int = 64, depth: int = 2, num_heads: int = 4,

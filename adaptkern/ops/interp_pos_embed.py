@@ -5,7 +5,8 @@ Custom ops: ``adaptkern::interp_pos_embed`` (the resampled blocks alone),
 ``adaptkern::add_interp_pos_embed`` (added to packed tokens), and the gradient for the
 grid, ``adaptkern::interp_pos_embed_backward``, shared by both and its own op so
 FlopCounterMode counts it. The gradient for the tokens is the identity. Backends:
-reference (separable resize matrices), Triton and CUDA (weights computed in the kernels).
+reference (separable resize matrices), cpu (:mod:`adaptkern.cpu.interp_pos_embed`), Triton
+and CUDA (weights computed in the kernels).
 """
 
 from typing import Optional
@@ -15,6 +16,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from .. import _backend, _ext
 from .._checks import DTypeError, check_cu_seqlens, check_int, check_tensor, value_checks_enabled
+from ..cpu import interp_pos_embed as cpu
 from ..flops.interp_pos_embed import interp_pos_embed_flops
 from ..reference import interp_pos_embed as reference
 from .pack import on_device
@@ -37,6 +39,9 @@ def _run_forward(tokens, pos_embed, grid_sizes, cu_seqlens, total, num_prefix_to
         if tokens is None:
             return reference.interp_pos_embed(pos_embed, grid_sizes, **opts).to(pos_embed.dtype)
         return reference.add_interp_pos_embed(tokens, pos_embed, grid_sizes, cu_seqlens, num_prefix_tokens, **opts)
+    if backend == "cpu":
+        return cpu.add_interp_pos_embed(tokens, pos_embed, grid_sizes, cu_seqlens, num_prefix_tokens, total=total,
+                                        **opts)
     out_dtype = pos_embed.dtype if tokens is None else tokens.dtype
     out = pos_embed.new_empty((total, pos_embed.shape[2]), dtype=out_dtype)
     if backend == "triton":
@@ -92,6 +97,8 @@ def interp_pos_embed_backward_op(grad: torch.Tensor, grid_sizes: torch.Tensor, c
     if backend == "reference":
         return reference.interp_pos_embed_backward(grad, grid_sizes, cu_seqlens, num_prefix_tokens, base_h, base_w,
                                                    **opts)
+    if backend == "cpu":
+        return cpu.interp_pos_embed_backward(grad, grid_sizes, cu_seqlens, num_prefix_tokens, base_h, base_w, **opts)
     with on_device(grad):
         if backend == "triton":
             return _backend.kernels("interp_pos_embed").interp_backward(
@@ -108,7 +115,7 @@ def interp_pos_embed_backward_op(grad: torch.Tensor, grid_sizes: torch.Tensor, c
 
 @interp_pos_embed_backward_op.register_fake
 def _(grad, grid_sizes, cu_seqlens, num_prefix_tokens, base_h, base_w, mode, antialias, align_corners, backend):
-    dtype = reference.compute_dtype(grad.dtype) if backend == "reference" else torch.float32
+    dtype = reference.compute_dtype(grad.dtype) if backend in ("reference", "cpu") else torch.float32
     return grad.new_empty((base_h, base_w, grad.shape[1]), dtype=dtype)
 
 
@@ -202,7 +209,7 @@ def _grid_values(op, grid_sizes):
 def _resolve(op, backend, pos_embed, tokens=None):
     name = _backend.resolve_backend(backend, pos_embed.device, op=op, gpu_preference=("triton", "cuda"),
                                     cuda_supported=True)
-    if name == "reference":
+    if name in ("reference", "cpu"):
         return name
     for arg, tensor in (("tokens", tokens), ("pos_embed", pos_embed)):
         if tensor is not None and tensor.dtype not in _KERNEL_DTYPES:
@@ -237,7 +244,7 @@ def interp_pos_embed(pos_embed: torch.Tensor, grid_sizes: torch.Tensor, *, inter
         interpolation: "bilinear" or "bicubic" (``mode=`` is its deprecated alias).
         antialias: widen the filter when downsampling.
         align_corners: as F.interpolate's.
-        backend: "reference", "triton", "cuda" or None (see DESIGN: dispatch).
+        backend: "reference", "cpu", "triton", "cuda" or None (see DESIGN: dispatch).
         total_tokens: sum of h_i*w_i when known; otherwise it is read from grid_sizes (a host
             sync on a GPU, and needed under torch.compile(fullgraph=True)).
 

@@ -88,7 +88,7 @@ def _word_view(x: torch.Tensor) -> torch.Tensor:
 
 
 def _run_pack(padded, cu_seqlens, total, max_seqlen, backend):
-    if backend == "reference":
+    if backend in ("reference", "cpu"):  # on CPU the reference's one index_select is the fast path
         return reference.pack_padded(padded, cu_seqlens, total)
     if backend == "triton":
         words = _backend.kernels("pack").pack_rows(_word_view(padded), cu_seqlens, total, max_seqlen)
@@ -102,7 +102,7 @@ def _run_pack(padded, cu_seqlens, total, max_seqlen, backend):
 
 
 def _run_unpack(packed, cu_seqlens, padded_len, backend):
-    if backend == "reference":
+    if backend in ("reference", "cpu"):
         return reference.unpack_padded(packed, cu_seqlens, padded_len)
     batch = cu_seqlens.numel() - 1
     if backend == "triton":
@@ -180,7 +180,7 @@ def pack(
             tensor (B, L, *feature) whose first ``lengths[b]`` rows are real.
         lengths: required with a padded tensor: B ints (list or 1-D integer tensor, each
             0 <= lengths[b] <= L). Not allowed with a list.
-        backend: "reference", "triton", "cuda" or None (see DESIGN: dispatch).
+        backend: "reference", "cpu", "triton", "cuda" or None (see DESIGN: dispatch).
 
     Returns ``Packed(data, cu_seqlens, max_seqlen)``; cu_seqlens is int32 (B+1,) on the
     data's device. Reading a tensor of lengths on the host is this call's one sync.

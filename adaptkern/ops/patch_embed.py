@@ -16,6 +16,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from .. import _backend, _ext
 from .._checks import DTypeError, check_tensor
+from ..cpu import patch_embed as cpu
 from ..flops.patch_embed import patch_embed_flops
 from ..reference import patch_embed as reference
 from .pack import on_device
@@ -64,6 +65,8 @@ def _cuda_patches(images, patch_h, patch_w, chans, patches, *, gather):
 def _run_forward(images, weight, bias, backend):
     if backend == "triton":
         return _backend.kernels("patch_embed").forward(images, weight, bias)
+    if backend == "cpu":
+        return cpu.patch_embed(images, weight, bias)
     embed_dim, chans, patch_h, patch_w = weight.shape
     if backend == "reference":
         if isinstance(images, torch.Tensor):
@@ -83,6 +86,8 @@ def _run_grad_input(grad, images, weight, backend):
     grad = grad.flatten(0, -2).contiguous()
     if backend == "triton":
         return _backend.kernels("patch_embed").grad_input(grad, weight, images)
+    if backend == "cpu":
+        return cpu.patch_embed_grad_input(grad, weight, images)
     if backend == "reference":
         if isinstance(images, torch.Tensor):
             return torch.empty_like(images).copy_(reference.patch_embed_grad_input(grad, weight, images))
@@ -100,6 +105,8 @@ def _run_grad_weight(grad, images, weight, backend):
     grad = grad.flatten(0, -2).contiguous()
     if backend == "triton":
         return _backend.kernels("patch_embed").grad_weight(grad, images, patch_h, patch_w, weight.dtype)
+    if backend == "cpu":
+        return cpu.patch_embed_grad_weight(grad, images, patch_h, patch_w, weight.dtype)
     if backend == "reference":
         if isinstance(images, torch.Tensor):
             return reference.patch_embed_grad_weight(grad, images, patch_h, patch_w, weight.dtype)
@@ -347,7 +354,7 @@ def flexi_patch_embed(images: torch.Tensor, weight: torch.Tensor, bias: Optional
         patch_size: int or (ph, pw), each >= 1.
         interpolation, antialias: the resize whose pseudo-inverse resizes the weight
             ("bilinear" or "bicubic").
-        backend: "reference", "triton", "cuda" or None (see DESIGN: dispatch).
+        backend: "reference", "cpu", "triton", "cuda" or None (see DESIGN: dispatch).
 
     Returns (B, N, D) tokens in images' dtype (the autocast dtype under autocast),
     N = (H/ph)*(W/pw) row-major: conv2d(images, pi_resize(weight), bias, stride=patch)

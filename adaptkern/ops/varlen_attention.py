@@ -2,7 +2,7 @@
 ``adaptkern.flash_attn_varlen_func``.
 
 Two custom ops, ``adaptkern::varlen_attn_fwd`` -> (out, lse) and
-``adaptkern::varlen_attn_bwd`` -> (dq, dk, dv), with reference and Triton backends, fake
+``adaptkern::varlen_attn_bwd`` -> (dq, dk, dv), with reference, cpu and Triton backends, fake
 impls for torch.compile, autograd (the backward op is its own custom op so FlopCounterMode
 sees it) and FLOP formulas from :mod:`adaptkern.flops.varlen_attention`.
 """
@@ -17,6 +17,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from .. import _backend
 from .._checks import DTypeError, check_cu_seqlens, check_int, check_tensor, lengths_from_cu_seqlens
+from ..cpu import varlen_attention as cpu
 from ..flops.varlen_attention import allowed_pairs, check_window
 from ..reference import varlen_attention as reference
 from .pack import on_device
@@ -44,6 +45,9 @@ def varlen_attn_fwd(
                 q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
                 *reference.effective_window(causal, window_left, window_right),
             )
+    if backend == "cpu":
+        return cpu.varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal, window_left,
+                                            window_right)
     return reference.varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal,
                                               window_left, window_right)
 
@@ -68,6 +72,9 @@ def varlen_attn_bwd(
                 dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                 softmax_scale, *reference.effective_window(causal, window_left, window_right),
             )
+    if backend == "cpu":
+        return cpu.varlen_attention_backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, softmax_scale,
+                                             causal, window_left, window_right)
     return reference.varlen_attention_backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k,
                                                softmax_scale, causal, window_left, window_right)
 
@@ -174,9 +181,9 @@ def _attention(op, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
         raise TypeError(f"{op}: softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
     elif not math.isfinite(softmax_scale):
         raise ValueError(f"{op}: softmax_scale must be finite, got {softmax_scale}")
-    if backend is None and not os.environ.get(_backend.ENV_VAR) and q.dtype not in _TRITON_DTYPES:
-        backend = "reference"  # the default picks triton on CUDA, which has no float64 kernels
     name = _backend.resolve_backend(backend, q.device, op=op)
+    if name == "triton" and q.dtype not in _TRITON_DTYPES and backend is None and not os.environ.get(_backend.ENV_VAR):
+        name = "reference"  # the default picks triton on CUDA, which has no float64 kernels
     if name == "triton" and q.dtype not in _TRITON_DTYPES:
         raise DTypeError(f"{op}: q has dtype {q.dtype}; backend='triton' supports float16, bfloat16 and float32 "
                          "(float64 runs on backend='reference')")
@@ -215,8 +222,8 @@ def varlen_attention(
         window_size: (left, right); query i sees key j iff
             i + Lk - Lq - left <= j <= i + Lk - Lq + right (-1 = unbounded side).
         return_lse: also return lse.
-        backend: "reference", "triton" or None (CUDA tensors -> triton, except float64 ->
-            reference; anything else -> reference).
+        backend: "reference", "cpu", "triton" or None (CUDA tensors -> triton, except
+            float64 -> reference; CPU tensors -> cpu; anything else -> reference).
 
     Returns out (total_q, Hq, D) in q's dtype; with return_lse also lse (Hq, total_q)
     float32 (natural log of the softmax denominator). A row that sees no key has out 0,

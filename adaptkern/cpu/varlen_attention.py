@@ -1,0 +1,189 @@
+"""Variable-length attention on CPU tensors through PyTorch's CPU flash-attention kernel.
+
+Sequences are bucketed by (Lq, Lk): each bucket is one batched call of
+``aten._scaled_dot_product_flash_attention_for_cpu`` (forward, returns lse) or its
+``_backward``. Packed tensors are (total, H, D), which is the kernel's preferred memory
+layout (B, L, H, D) seen as (B, H, L, D): a bucket of consecutive sequences is a view.
+
+Mask semantics are the reference's (:mod:`adaptkern.reference.varlen_attention`):
+bottom-right causal and sliding windows become an additive mask, except causal with
+Lq == Lk, which is the kernel's own ``is_causal`` (it then skips the masked blocks). A row
+that sees no key gets out 0, lse -inf and zero gradients. GQA reads the kv heads in place
+where the kernel supports it (probed once), else repeats them.
+"""
+
+import torch
+
+from ..reference.varlen_attention import allowed_mask, effective_window
+
+_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
+_PROBED = {}
+
+
+def native_gqa() -> bool:
+    """Whether this torch's CPU flash kernel takes fewer kv heads than query heads (and gets
+    the same result as with repeated kv heads); probed once on a tiny input."""
+    if "gqa" not in _PROBED:
+        generator = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(1, heads, 3, 8, generator=generator) for heads in (2, 1, 1))
+        try:
+            grouped = _flash(q, k, v)[0]
+            _PROBED["gqa"] = torch.equal(grouped, _flash(q, k.expand(1, 2, 3, 8), v.expand(1, 2, 3, 8))[0])
+        except RuntimeError:
+            _PROBED["gqa"] = False
+    return _PROBED["gqa"]
+
+
+def buckets(cu_seqlens_q, cu_seqlens_k):
+    """{(Lq, Lk): [(q_start, k_start), ...]} over the sequences with Lq > 0 and Lk > 0."""
+    cu_q, cu_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    groups = {}
+    for q0, q1, k0, k1 in zip(cu_q[:-1], cu_q[1:], cu_k[:-1], cu_k[1:]):
+        if q1 > q0 and k1 > k0:
+            groups.setdefault((q1 - q0, k1 - k0), []).append((q0, k0))
+    return groups
+
+
+class _Rows:
+    """The packed rows of one bucket's n sequences of one length: gather them as (n, L, ...)
+    (a view when they are consecutive) and scatter (n, L, ...) results back."""
+
+    def __init__(self, starts, length):
+        self.n, self.length, self.first = len(starts), length, starts[0]
+        self.consecutive = all(b - a == length for a, b in zip(starts, starts[1:]))
+        if not self.consecutive:
+            self.index = (torch.tensor(starts)[:, None] + torch.arange(length)).flatten()
+
+    def gather(self, x, dim=0):
+        if self.consecutive:
+            rows = x.narrow(dim, self.first, self.n * self.length)
+        else:
+            rows = x.index_select(dim, self.index)
+        return rows.unflatten(dim, (self.n, self.length))
+
+    def scatter(self, dest, values, dim=0):
+        values = values.flatten(dim, dim + 1)
+        if self.consecutive:
+            dest.narrow(dim, self.first, self.n * self.length).copy_(values)
+        else:
+            dest.index_copy_(dim, self.index, values)
+
+
+def _heads_first(rows):
+    """(n, L, H, D) rows -> the kernel's (n, H, L, D) view; the last dim must be dense."""
+    rows = rows if rows.stride(-1) == 1 else rows.contiguous()
+    return rows.transpose(1, 2)
+
+
+def _mask(len_q, len_k, left, right, dtype):
+    """(is_causal, additive mask or None, bool (Lq,) rows that see a key or None if all do)."""
+    if left < 0 and right < 0:
+        return False, None, None
+    if left < 0 and right == 0 and len_q == len_k:
+        return True, None, None
+    allowed = allowed_mask(len_q, len_k, left, right)
+    seen = allowed.any(1)
+    mask = torch.zeros(len_q, len_k, dtype=dtype).masked_fill_(~allowed, float("-inf"))
+    return False, mask, None if bool(seen.all()) else seen
+
+
+def _kv(k, v, group):
+    if group == 1 or native_gqa():
+        return k, v
+    return k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+
+
+def _destination(like, shape, covered, whole, fill=0.0, dtype=None):
+    """The tensor bucket results are scattered into: none when one bucket is everything (its
+    result is returned as is), uninitialised when the buckets cover every row, else filled
+    with ``fill`` (rows of sequences without keys / queries). Fresh large buffers cost page
+    faults on every call, so the common cases allocate nothing or write each byte once."""
+    if whole:
+        return None
+    dtype = dtype or like.dtype
+    return like.new_empty(shape, dtype=dtype) if covered else like.new_full(shape, fill, dtype=dtype)
+
+
+def _layout(groups, total_q, total_k):
+    """(rows of q covered, rows of k covered, one consecutive bucket from row 0 covers both)."""
+    covered_q = sum(len(starts) * len_q for (len_q, _), starts in groups.items()) == total_q
+    covered_k = sum(len(starts) * len_k for (_, len_k), starts in groups.items()) == total_k
+    whole = len(groups) == 1 and covered_q and covered_k and next(iter(groups.values()))[0] == (0, 0)
+    return covered_q, covered_k, whole
+
+
+def varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal=False, window_left=-1,
+                             window_right=-1):
+    """out (total_q, Hq, D) in q's dtype and lse (Hq, total_q) float32 (float64 for float64)
+    from q (total_q, Hq, D), k / v (total_k, Hkv, D) and int32 cu_seqlens (S+1,)."""
+    total_q, num_heads, _ = q.shape
+    group = num_heads // k.shape[1]
+    left, right = effective_window(causal, window_left, window_right)
+    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    groups = buckets(cu_seqlens_q, cu_seqlens_k)
+    covered, _, whole = _layout(groups, total_q, k.shape[0])
+    out = _destination(q, q.shape, covered, whole)
+    lse = _destination(q, (num_heads, total_q), covered, whole, float("-inf"), lse_dtype)
+    for (len_q, len_k), starts in groups.items():
+        rows_q, rows_k = _Rows([s[0] for s in starts], len_q), _Rows([s[1] for s in starts], len_k)
+        is_causal, mask, seen = _mask(len_q, len_k, left, right, q.dtype)
+        ks, vs = _kv(_heads_first(rows_k.gather(k)), _heads_first(rows_k.gather(v)), group)
+        o, l = _flash(_heads_first(rows_q.gather(q)), ks, vs, 0.0, is_causal, attn_mask=mask, scale=softmax_scale)
+        o, l = o.transpose(1, 2), l.to(lse_dtype)  # (n, Lq, H, D), (n, H, Lq)
+        if seen is not None:
+            o = torch.where(seen[:, None, None], o, 0)
+            l = torch.where(seen, l, float("-inf"))
+        if whole:
+            return o.reshape(q.shape), l.transpose(0, 1).reshape(num_heads, total_q)
+        rows_q.scatter(out, o)
+        rows_q.scatter(lse, l.transpose(0, 1), dim=1)
+    return out, lse
+
+
+def _with_lse_gradient(q, k, v, out, dout, dlse):
+    """Inputs (n, H, L, D+1) that make the kernel's backward include d lse: with q, k, v
+    padded by a zero column, out by -1 and dout by dlse, its rowsum(dout * out) is
+    rowsum(dout * out) - dlse, which is the whole effect of lse's gradient (d lse / d scores
+    = the probabilities). The extra column of each gradient is dropped afterwards."""
+    def pad(x, value):
+        return torch.cat([x, x.new_full((*x.shape[:-1], 1), value)], -1)
+    return pad(q, 0), pad(k, 0), pad(v, 0), pad(out, -1), torch.cat([dout, dlse[..., None].to(dout.dtype)], -1)
+
+
+def varlen_attention_backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, softmax_scale,
+                              causal=False, window_left=-1, window_right=-1):
+    """Gradients (dq, dk, dv) of :func:`varlen_attention_forward`, by the kernel's own
+    backward per bucket; dlse (Hq, total_q) or None."""
+    num_heads, num_kv_heads, head_dim = q.shape[1], k.shape[1], q.shape[2]
+    group = num_heads // num_kv_heads
+    left, right = effective_window(causal, window_left, window_right)
+    groups = buckets(cu_seqlens_q, cu_seqlens_k)
+    covered_q, covered_k, whole = _layout(groups, q.shape[0], k.shape[0])
+    dq = _destination(q, q.shape, covered_q, whole)
+    dk, dv = (_destination(k, k.shape, covered_k, whole) for _ in range(2))
+    for (len_q, len_k), starts in groups.items():
+        rows_q, rows_k = _Rows([s[0] for s in starts], len_q), _Rows([s[1] for s in starts], len_k)
+        is_causal, mask, seen = _mask(len_q, len_k, left, right, q.dtype)
+        qs, os_, dos = (_heads_first(rows_q.gather(x)) for x in (q, out, dout))
+        ks, vs = _kv(_heads_first(rows_k.gather(k)), _heads_first(rows_k.gather(v)), group)
+        ls = rows_q.gather(lse, dim=1).transpose(0, 1)  # (n, H, Lq)
+        dls = None if dlse is None else rows_q.gather(dlse, dim=1).transpose(0, 1)
+        if seen is not None:
+            # No key: probabilities exp(-inf - lse) must be 0, so lse 0 there, and nothing flows back.
+            ls = torch.where(seen, ls, 0)
+            dos = torch.where(seen[:, None], dos, 0)
+            dls = None if dls is None else torch.where(seen, dls, 0)
+        if dls is not None:
+            qs, ks, vs, os_, dos = _with_lse_gradient(qs, ks, vs, os_, dos, dls)
+        gq, gk, gv = _flash_backward(dos, qs, ks, vs, os_, ls.contiguous(), 0.0, is_causal, attn_mask=mask,
+                                     scale=softmax_scale)
+        gq, gk, gv = (g[..., :head_dim].transpose(1, 2) for g in (gq, gk, gv))  # (n, L, H, D)
+        if gk.shape[2] != num_kv_heads:
+            gk, gv = (g.unflatten(2, (num_kv_heads, group)).sum(3) for g in (gk, gv))
+        if whole:
+            return gq.reshape(q.shape), gk.reshape(k.shape), gv.reshape(v.shape)
+        rows_q.scatter(dq, gq)
+        rows_k.scatter(dk, gk)
+        rows_k.scatter(dv, gv)
+    return dq, dk, dv

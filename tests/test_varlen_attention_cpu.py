@@ -1,0 +1,120 @@
+"""The "cpu" backend of adaptkern.varlen_attention (PyTorch's CPU flash kernel per length
+bucket) against the reference backend: every mask kind, GQA, zero-length sequences, lse
+and its gradient, float64 and float32, NaN confinement, the custom-op checks and
+torch.compile(fullgraph=True) on every backend."""
+
+import pytest
+import torch
+
+import adaptkern as ak
+from adaptkern.cpu import varlen_attention as cpu_attention
+
+from helpers import assert_rel_close
+from test_varlen_attention import MASKS, grads, make_batch, random_lengths
+
+# Masks the cpu backend treats specially: causal with Lq == Lk is the kernel's is_causal;
+# bottom-right causal with Lq < Lk and Lq > Lk (rows that see nothing) go through a mask.
+CPU_MASKS = MASKS + [(True, (2, 3)), (False, (7, 7)), (False, (0, 0))]
+
+
+def _run(backend, q, k, v, cu_q, cu_k, max_q, max_k, **mask):
+    def fn(q, k, v):
+        return ak.varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, return_lse=True, backend=backend, **mask)
+    return fn
+
+
+def _compare(q, k, v, cu_q, cu_k, max_q, max_k, dtype, **mask):
+    """cpu backend in ``dtype`` against the float64 reference: out, lse, dq, dk, dv, with a
+    loss that uses lse too (so its gradient path is covered)."""
+    weights = (torch.randn(q.shape, dtype=torch.float64), torch.randn(q.shape[1], q.shape[0], dtype=torch.float64))
+    (out, lse), got = grads(_run("cpu", q.to(dtype), k.to(dtype), v.to(dtype), cu_q, cu_k, max_q, max_k, **mask),
+                            (q.to(dtype), k.to(dtype), v.to(dtype)), [w.to(dtype) for w in weights])
+    (out_ref, lse_ref), expected = grads(_run("reference", q, k, v, cu_q, cu_k, max_q, max_k, **mask), (q, k, v),
+                                         weights)
+    assert out.dtype == dtype and lse.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert torch.equal(torch.isinf(lse), torch.isinf(lse_ref)) and not torch.isnan(lse).any()
+    finite = torch.isfinite(lse_ref)
+    assert_rel_close(lse[finite], lse_ref[finite], dtype, name="lse")
+    assert_rel_close(out, out_ref, dtype, name="out")
+    assert (out[~finite.any(0)] == 0).all()
+    for name, g, g_ref in zip(("dq", "dk", "dv"), got, expected):
+        assert_rel_close(g, g_ref, dtype, name=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("causal,window_size", CPU_MASKS)
+@pytest.mark.parametrize("heads", [(4, 4), (4, 2), (3, 1)])
+def test_cpu_matches_reference(dtype, causal, window_size, heads):
+    lengths_q = random_lengths(7, 13)
+    # Equal lengths (is_causal path), and independent ones (Lq != Lk, empty sides).
+    lengths_k = lengths_q if heads[1] == 2 else random_lengths(7, 15)
+    # Repeated lengths at non-adjacent positions exercise the gathered (non-view) buckets.
+    lengths_q, lengths_k = lengths_q + lengths_q[2:4], lengths_k + lengths_k[2:4]
+    batch = make_batch(lengths_q, lengths_k, *heads, 16, torch.float64)
+    _compare(*batch, dtype, causal=causal, window_size=window_size)
+
+
+def test_cpu_equal_lengths_are_one_bucket_and_match():
+    # One bucket covering every row: the kernel's outputs are returned without a copy.
+    lengths = [9] * 5
+    batch = make_batch(lengths, lengths, 4, 1, 32, torch.float64)
+    assert list(cpu_attention.buckets(batch[3], batch[4])) == [(9, 9)]
+    _compare(*batch, torch.float32, causal=True)
+    _compare(*make_batch([6] * 3, [4] * 3, 2, 2, 16, torch.float64), torch.float64, causal=True)  # blind rows
+
+
+def test_cpu_rows_without_keys_and_empty_batches():
+    # Lq > Lk causal: the first rows see nothing; sequences without keys or without queries.
+    batch = make_batch([5, 3, 0, 4], [2, 0, 4, 4], 2, 1, 8, torch.float64)
+    _compare(*batch, torch.float64, causal=True)
+    empty = make_batch([0, 0], [0, 3], 2, 2, 8, torch.float64)
+    (out, lse), (dq, dk, dv) = grads(_run("cpu", *empty), empty[:3], (torch.zeros(0, 2, 8), torch.zeros(2, 0)))
+    assert out.shape == (0, 2, 8) and lse.shape == (2, 0) and (dk == 0).all() and (dv == 0).all()
+
+
+def test_cpu_nan_stays_in_its_sequence():
+    lengths = [6, 4, 6, 5]
+    q, k, v, cu, _, max_len, _ = make_batch(lengths, lengths, 2, 2, 8, torch.float32)
+    q[7, 1, 3] = float("nan")  # sequence 1 (rows 6..9), which has the same length as no other
+    k[0, 0, 0] = float("nan")  # sequence 0, bucketed with sequence 2
+    (out, lse), (dq, dk, dv) = grads(_run("cpu", q, k, v, cu, cu, max_len, max_len, causal=True), (q, k, v),
+                                     (torch.ones_like(q), torch.zeros(2, q.shape[0])))
+    clean = torch.zeros(q.shape[0], dtype=torch.bool)
+    clean[16:] = True  # sequences 2 and 3
+    for t in (out, dq, dk, dv):
+        assert torch.isfinite(t[clean]).all() and not torch.isfinite(t[~clean]).all()
+    assert torch.isfinite(lse[:, clean]).all()
+
+
+def test_cpu_is_the_default_for_cpu_tensors_and_float64(monkeypatch):
+    monkeypatch.delenv("ADAPTKERN_BACKEND", raising=False)
+    calls = []
+    original = cpu_attention.varlen_attention_forward
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(cpu_attention, "varlen_attention_forward", counted)
+    batch = make_batch([3, 5], [3, 5], 2, 2, 8, torch.float64)
+    ak.varlen_attention(*batch)
+    assert calls == [1]
+
+
+def test_cpu_repeats_kv_heads_where_the_kernel_has_no_gqa(monkeypatch):
+    batch = make_batch([4, 7, 0], [6, 7, 2], 4, 2, 16, torch.float64)
+    monkeypatch.setitem(cpu_attention._PROBED, "gqa", False)
+    _compare(*batch, torch.float64, causal=True, window_size=(3, -1))
+
+
+def test_cpu_custom_ops_pass_opcheck():
+    q, k, v, cu_q, cu_k, max_q, max_k = make_batch([3, 0, 5, 3], [4, 2, 5, 4], 4, 2, 8, torch.float64)
+    for t in (q, k, v):
+        t.requires_grad_()
+    for mask in ((True, 2, -1), (False, -1, -1), (True, -1, -1)):
+        args = (q, k, v, cu_q, cu_k, max_q, max_k, 0.3, *mask, "cpu")
+        torch.library.opcheck(torch.ops.adaptkern.varlen_attn_fwd.default, args)
+        out, lse = torch.ops.adaptkern.varlen_attn_fwd(*args)
+        bwd_args = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(),
+                    torch.randn_like(lse), cu_q, cu_k, max_q, max_k, 0.3, *mask, "cpu")
+        torch.library.opcheck(torch.ops.adaptkern.varlen_attn_bwd.default, bwd_args)
