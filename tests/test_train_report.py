@@ -123,15 +123,22 @@ def test_fit_laws_plans_only_with_clean_fits(monkeypatch):
 
 
 def test_schedule_from_plan_and_shape_at():
-    seg = lambda shape, compute, end: SimpleNamespace(shape=shape, compute=compute, compute_end=end)
-    plan = SimpleNamespace(segments=[seg("p16", 1e-3, 1e-3), seg("p8", 1e11, 1e11), seg("p4", 5e10, 1.5e11)],
-                           total_compute=1.5e11)
-    schedule = ShapeSchedule.from_plan(plan)
-    assert schedule.shapes == ["p8", "p4"]  # the sub-step p16 sliver is dropped
+    seg = lambda shape, compute, end, loss: SimpleNamespace(shape=shape, compute=compute, compute_end=end,
+                                                            loss_end=loss)
+    plan = SimpleNamespace(segments=[seg("p16", 0.0, 0.0, 2.3), seg("p8", 1e11, 1e11, 1.5),
+                                     seg("p4", 5e10, 1.5e11, 1.2)], total_compute=1.5e11)
+    schedule = ShapeSchedule.from_plan(plan, trigger="compute")
+    assert schedule.shapes == ["p8", "p4"]  # a segment given no compute is dropped
     assert schedule.shape_at(0) == "p8" and schedule.shape_at(1e11 - 1) == "p8"
     assert schedule.shape_at(1e11) == "p4" and schedule.shape_at(1e20) == "p4"  # the last runs to the end
     with pytest.raises(ValueError, match="increase"):
         ShapeSchedule((("a", 5.0), ("b", 3.0)))
+    by_loss = ShapeSchedule.from_plan(plan)  # default: the plan's loss levels
+    assert by_loss.trigger == "loss" and by_loss.segments == (("p8", 1.5), ("p4", -math.inf))
+    assert by_loss.index_at(0.0, None) == 0 and by_loss.index_at(0.0, 1.6) == 0
+    assert by_loss.index_at(0.0, 1.5) == 1 and by_loss.index_at(1e30, 9.0, current=1) == 1  # never back
+    with pytest.raises(ValueError, match="decrease"):
+        ShapeSchedule((("a", 1.0), ("b", 2.0), ("c", 0)), trigger="loss")
 
 
 def test_parse_schedule():
