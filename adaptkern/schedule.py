@@ -442,12 +442,12 @@ def _dp_switches(shapes, nodes, kappa, jumps, rank):
 
 
 def _build_plan(shapes, switches, start, target, kappa, jumps=None):
-    # A leading segment that costs nothing (its shape's C = 0 loss a rounding error above the
-    # next one's) is not a segment: the next shape starts at the start loss.
+    # A leading sliver (its shape's C = 0 loss a rounding error above the next one's) is not
+    # a segment: the next shape starts at the start loss.
     while len(switches) > 1:
         (top, k), (cut, _) = switches[0], switches[1]
         ends = shapes[k].static(np.array([top, cut]))
-        if ends[1] - ends[0] > 0:
+        if ends[1] - ends[0] > 0 and top - cut > 1e-9 * abs(top):
             break
         switches = [(top, switches[1][1])] + switches[2:]
     bounds = [loss for loss, _ in switches[1:]] + [target]

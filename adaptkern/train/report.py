@@ -34,9 +34,10 @@ def verdict(summary: dict) -> dict:
         out["claim"] = (f"no saving can be measured at the headline target loss {head['loss']:.4f}: {missing} did not "
                         f"reach it")
     else:
-        word = "fewer" if sv["mean"] > 0 else "MORE"
-        out["claim"] = (f"at the headline target loss {head['loss']:.4f} the adaptive run needed "
-                        f"{100 * abs(sv['mean']):.1f}% {word} exact training FLOPs than the best tuned static shape "
+        amount = ("as many exact training FLOPs as" if sv["mean"] == 0 else
+                  f"{100 * abs(sv['mean']):.1f}% {'fewer' if sv['mean'] > 0 else 'MORE'} exact training FLOPs than")
+        out["claim"] = (f"at the headline target loss {head['loss']:.4f} the adaptive run needed {amount} "
+                        f"the best tuned static shape "
                         f"{head['best_static_shape']} (mean over {sv['n']} of {n_seeds} seeds; per seed "
                         f"{', '.join(_pct(x) for x in head['savings_per_seed'])} saved); the plan predicted "
                         f"{predicted:.3g} FLOPs, measured {out['measured_flops_mean']:.3g} "
