@@ -19,10 +19,11 @@ Protocol (every step resumable with ``resume=True``; what each step spends is bo
    run (each segment at its shape's tuned setting), switching when its smoothed training
    loss reaches the planned loss level (``--switch-on compute``: at the planned compute).
    Evals are log-spaced, and at most ``dense_ratio`` apart in compute once the smoothed
-   training loss is within reach of the targets.
-7. Oracle: on the first seed, single switches from the plan's first shape to its last (or
-   the coarsest to the best static shape) at several compute points; the best of them is
-   what a perfect single-switch plan would have achieved.
+   training loss is halfway from the step-0 loss to the highest target.
+7. Oracle: on the first seed, single switches from the plan's first shape to its last (if
+   the plan does not switch: to the later shape whose tuning run ended lowest) at several
+   compute points (10% to 60% of the best static shape's FLOPs to the headline target);
+   the best of them is what a perfect single-switch plan would have achieved.
 8. Report: ``<out>/summary.json`` (the keys of DESIGN.md's "main job's report"), the
    printed table and ``<out>/demo.png``.
 """
@@ -219,7 +220,9 @@ def run_demo(model: str = "vit", *, images=None, text=None, shapes=None, budget=
         predicted = {t: plan.compute_at(t, laws) for t in targets}
         summary["plan"] = {**plan.to_dict(), "trigger": switch_on, "predicted_flops": predicted[headline],
                            "predicted_flops_by_target": [{"loss": t, "flops": predicted[t]} for t in targets]}
-    dense_below = targets[0] + 0.5 * (targets[0] - targets[-1])
+    # dense evals once the smoothed training loss is halfway from the start to the highest
+    # target: the moving average lags, so the margin must cover its lag before the first crossing
+    dense_below = targets[0] + 0.5 * (start_loss - targets[0])
 
     # 6. measured runs
     static, adaptive = {s: [] for s in names}, []
@@ -239,13 +242,16 @@ def run_demo(model: str = "vit", *, images=None, text=None, shapes=None, budget=
     # 7. oracle: best single switch point, first seed
     oracle = []
     if plan is not None:
+        # the plan's switch; when it plans none, the plan's shape to the next shape in the order
+        # whose tuning run ended lowest (where a single forward switch could pay off)
         first = plan.segments[0].shape
-        last = plan.segments[-1].shape if len(plan.segments) > 1 else None
+        later = names[names.index(first) + 1:]
+        last = plan.segments[-1].shape if len(plan.segments) > 1 else (
+            min(later, key=lambda s: final_loss(tune_records[s]["evals"])) if later else None)
+        if last is None:  # the plan starts on the last shape of the order: nothing to switch to
+            first, last = names[0], first
         entry = target_entry(headline, True, static, adaptive)
-        last = last or entry["best_static_shape"]
-        if first == last:
-            first = names[0] if names[0] != last else names[1]
-        reference = entry["static_flops"][last][0] or budget
+        reference = entry["static_flops"][entry["best_static_shape"]][0] or budget
         task = make_task(model, settings, images=images, text=text, seed=seed_list[0], per_shape=per_shape)
         config = RunConfig(seed=seed_list[0], dense_below=dense_below, dense_ratio=settings["dense_ratio"],
                            **{**common, "lr": lr, "stop_at_loss": headline})
