@@ -72,7 +72,7 @@ def plot_demo(summary: dict, laws: dict, path) -> str:
     oracle = summary.get("oracle", {}).get("best_savings")
     head = next((t for t in targets if t["headline"]), None)
     if oracle is not None and head is not None:
-        bx.plot([head["loss"]], [100 * oracle], "*", color="tab:red", ms=12, label="oracle single switch (seed 1)")
+        bx.plot([head["loss"]], [100 * oracle], "*", color="tab:red", ms=12, label=f"oracle single switch (seed {summary['oracle']['seed']})")
     bx.axhline(0, color="grey", lw=1)
     if head is not None:
         bx.axvline(head["loss"], color="grey", ls="-.", lw=1)
