@@ -12,8 +12,19 @@ found by dynamic programming (see ``optimal_schedule``).
 
 A law passed in is duck-typed: ``predict(C)``, ``inverse(L)``, ``d_inverse(L)`` (analytic
 dC/dL) and its asymptote ``c`` (``adaptkern.scaling.fit_shape_law`` returns such laws).
-Compute here is "compute along the laws": shapes never spend negative compute, so a loss
-above a law's loss at C=0 costs that shape nothing (C_s(E) = max(inverse_s(E), 0)).
+Compute here is "compute along the laws", C_s(E) = max(inverse_s(E), 0).
+
+No free segments: a law says nothing about losses above its own loss at C = 0 (a fresh
+model of that shape), so a plan may follow shape s only at or below that loss. (An older
+version let every shape descend for free from the plan's start down to its C = 0 loss,
+while the static runs were charged for the same stretch.) Give ``start_loss`` = the
+measured loss of the fresh model and laws anchored at it (``fit_shape_law(...,
+initial_loss=L0)``): then every shape starts at C = 0 and every segment costs its compute.
+
+A switch can cost compute twice over: a fixed charge ``switch_cost`` and a measured loss
+jump ``switch_jump`` (the loss rises by the jump when the shape changes, e.g. a ViT
+evaluated at a new patch size; the new shape then pays along its law to come back down).
+``order`` restricts switches to one direction (patches only shrink, contexts only grow).
 """
 
 import itertools
@@ -44,6 +55,7 @@ class Segment:
     compute: float
     compute_start: float
     compute_end: float
+    loss_jump: float = 0.0  # the loss rise at the switch into this segment (its compute includes the way back)
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,19 @@ class Plan:
     target_loss: float
     switch_cost: float
     static_compute: dict = field(default_factory=dict)  # shape -> compute to the target alone (inf: never)
+    switch_jumps: dict = field(default_factory=dict)    # (from, to) -> loss jump given to the planner
+    order: tuple = None                                  # allowed direction of switches (None: any)
+
+    def compute_at(self, loss: float, laws) -> float:
+        """The plan's cumulative compute when its loss first reaches ``loss`` (between
+        ``start_loss`` and ``target_loss``), along the laws it was made from."""
+        for seg in self.segments:
+            if loss >= seg.loss_end:
+                shape = _Shape(seg.shape, laws[seg.shape])
+                top = min(seg.loss_start + seg.loss_jump, shape.fresh)
+                ends = shape.static(np.array([top, max(loss, seg.loss_end)]))
+                return float(seg.compute_start + ends[1] - ends[0])
+        return self.total_compute
 
     @property
     def num_switches(self) -> int:
@@ -77,6 +102,8 @@ class Plan:
             "savings": self.savings, "start_loss": self.start_loss, "target_loss": self.target_loss,
             "switch_cost": self.switch_cost,
             "static_compute": {str(k): finite(v) for k, v in self.static_compute.items()},
+            "switch_jumps": {f"{a}->{b}": j for (a, b), j in self.switch_jumps.items()},
+            "order": None if self.order is None else [str(k) for k in self.order],
         }
 
     def summary(self) -> str:
@@ -96,42 +123,54 @@ class Plan:
 
 
 class _Shape:
-    """A law seen as the clipped compute-of-loss curve C(E) and its slope |dC/dE|."""
+    """A law seen as the compute-of-loss curve C(E) and its slope |dC/dE|, usable only at or
+    below ``fresh``, its loss at C = 0."""
 
     def __init__(self, key, law):
         self.key, self.law = key, law
         self.c = float(law.c)
         with np.errstate(all="ignore"):
             try:
-                free_above = float(np.asarray(law.predict(0.0), dtype=float))
+                fresh = float(np.asarray(law.predict(0.0), dtype=float))
             except (ArithmeticError, ValueError):
-                free_above = math.inf
-        # Losses at or above the law's loss at C=0 cost this shape nothing.
-        self.free_above = free_above if math.isfinite(free_above) and free_above > self.c else math.inf
+                fresh = math.inf
+        self.fresh = fresh if math.isfinite(fresh) and fresh > self.c else math.inf
+        self.free_above = self.fresh  # the name older callers read
+
+    def static(self, losses):
+        """C(E) = max(inverse(E), 0): compute to reach each loss from scratch (0 at or above
+        ``fresh``, inf at or below the asymptote)."""
+        losses = np.atleast_1d(np.asarray(losses, dtype=float))
+        out = np.full(losses.shape, math.inf)
+        live = losses > self.c
+        if live.any():
+            out[live] = np.maximum(self._checked(self.law.inverse, losses[live]), 0.0)
+        out[losses >= self.fresh] = 0.0
+        return out
 
     def compute(self, losses):
-        """C(E): compute to reach each loss from scratch; inf at or below the asymptote."""
-        return self._eval(self.law.inverse, losses, clip=True, free=lambda e: e >= self.free_above)
+        """C(E) where a plan may follow this shape (E <= fresh), inf elsewhere."""
+        losses = np.atleast_1d(np.asarray(losses, dtype=float))
+        return np.where(losses > self.fresh, math.inf, self.static(losses))
 
     def slope(self, losses):
         """|dC/dE| just below each loss (training lowers the loss); inf at or below the
-        asymptote, 0 where the shape is free."""
-        return np.abs(self._eval(self.law.d_inverse, losses, clip=False, free=lambda e: e > self.free_above))
-
-    def _eval(self, fn, losses, *, clip, free):
+        asymptote and above ``fresh`` (not usable there)."""
         losses = np.atleast_1d(np.asarray(losses, dtype=float))
         out = np.full(losses.shape, math.inf)
-        is_free = free(losses)
-        out[is_free] = 0.0
-        live = (losses > self.c) & ~is_free
+        live = (losses > self.c) & (losses <= self.fresh)
         if live.any():
-            values = _call(fn, losses[live])
-            if np.isnan(values).any():
-                at = float(losses[live][np.isnan(values)][0])
-                raise ValueError(f"{_OP}: laws[{self.key!r}].{getattr(fn, '__name__', 'law')}({at:.6g}) is NaN; a law "
-                                 "must give a number at every loss above its asymptote c")
-            out[live] = np.maximum(values, 0.0) if clip else values
+            below = losses[live] - 1e-9 * (losses[live] - self.c)  # "just below": never the flat C=0 side
+            out[live] = np.abs(self._checked(self.law.d_inverse, below))
         return out
+
+    def _checked(self, fn, losses):
+        values = _call(fn, losses)
+        if np.isnan(values).any():
+            at = float(losses[np.isnan(values)][0])
+            raise ValueError(f"{_OP}: laws[{self.key!r}].{getattr(fn, '__name__', 'law')}({at:.6g}) is NaN; a law "
+                             "must give a number at every loss above its asymptote c")
+        return values
 
 
 def _call(fn, x):
@@ -176,8 +215,8 @@ def _check_laws(laws):
             raise ValueError(f"{_OP}: laws[{key!r}].c must be a finite real number, got {c!r}")
         _check_params(key, law)
         shapes.append(_Shape(key, law))
-    # Ties (several shapes free at once) go to the one that stays free longest.
-    return sorted(shapes, key=lambda s: s.free_above)
+    # Ties go to the shape usable from the highest loss.
+    return sorted(shapes, key=lambda s: -s.fresh)
 
 
 def _check_params(key, law):
@@ -200,7 +239,8 @@ def _check_params(key, law):
                                  f"got {getattr(law, name)!r}")
 
 
-def optimal_schedule(laws, target_loss, start_loss=None, switch_cost=0.0, *, grid_size=2048):
+def optimal_schedule(laws, target_loss, start_loss=None, switch_cost=0.0, *, grid_size=2048, switch_jump=0.0,
+                     order=None):
     """The least-compute way to train from ``start_loss`` down to ``target_loss`` switching shapes.
 
     Args:
@@ -208,10 +248,17 @@ def optimal_schedule(laws, target_loss, start_loss=None, switch_cost=0.0, *, gri
             and its asymptote ``c``. A shape whose ``c`` is at or above ``target_loss`` may be
             followed only while the loss is above its ``c``, never to the end.
         target_loss: the loss to reach (> 0, above the asymptote of at least one law).
-        start_loss: the loss training starts from. Default: the highest loss any law predicts
-            at C=0 (a fresh model of that shape), so every shape starts from scratch.
+        start_loss: the loss training starts from: the measured loss of the fresh model.
+            Default: the highest loss any law predicts at C=0. A shape is followed only at
+            or below its own loss at C=0 (see the module docstring), so at least one law
+            must predict ``start_loss`` or more at C=0.
         switch_cost: compute charged for each switch (>= 0, in the laws' compute units).
         grid_size: loss levels scanned between start and target (more: finer scan), 16 to 2**20.
+        switch_jump: the loss rise at a switch (>= 0): a number for every switch, or a dict
+            {(from_shape, to_shape): jump} (missing pairs: 0). A switch into s at loss E
+            then costs C_s(E) - C_s(E + jump) more, along s's law.
+        order: a list of the shapes; switches only move forward in it (e.g. patch sizes
+            only shrink). None: any order.
 
     Returns:
         ``Plan``. With ``switch_cost == 0`` the plan follows the cheapest shape at every loss
@@ -224,7 +271,8 @@ def optimal_schedule(laws, target_loss, start_loss=None, switch_cost=0.0, *, gri
         plan is exact to brentq precision, unless two crossings of one pair fall inside
         one grid cell, which the scan cannot see; then a switch may be off by up to that
         cell's width. Segment computes are differences of the inverse laws, never a
-        quadrature.
+        quadrature. Jumps and ``order`` also use the dynamic programme; a jump makes the best
+        switch point depend on more than slopes, so it is then exact to the grid's spacing.
     """
     shapes = _check_laws(laws)
     target = _real("target_loss", target_loss)
@@ -238,11 +286,13 @@ def optimal_schedule(laws, target_loss, start_loss=None, switch_cost=0.0, *, gri
     if not 16 <= grid_size <= _MAX_GRID:  # a finer scan gains nothing and would fill the memory
         raise ValueError(f"{_OP}: grid_size must be an int in [16, {_MAX_GRID}], got {grid_size}")
     if all(s.c >= target for s in shapes):
-        asymptotes = ", ".join(f"{s.key!r}: {s.c:.6g}" for s in shapes)
+        asymptotes = ", ".join(f"{s.key!r}: {s.c:.6g}" for s in sorted(shapes, key=lambda s: list(laws).index(s.key)))
         raise ValueError(f"{_OP}: no shape reaches target_loss={target:.6g}; their asymptotes c are {{{asymptotes}}}")
+    jumps = _check_jumps(shapes, switch_jump)
+    rank = _check_order(shapes, order)
     start = _real("start_loss", start_loss, allow_none=True)
     if start is None:
-        initial = [s.free_above for s in shapes if math.isfinite(s.free_above)]
+        initial = [s.fresh for s in shapes if math.isfinite(s.fresh)]
         if not initial:
             raise ValueError(f"{_OP}: no law predicts a finite loss at C=0; pass start_loss")
         start = max(initial)
@@ -253,13 +303,51 @@ def optimal_schedule(laws, target_loss, start_loss=None, switch_cost=0.0, *, gri
             )
     elif start <= target:
         raise ValueError(f"{_OP}: start_loss={start:.6g} must be greater than target_loss={target:.6g}")
+    if all(s.fresh < start for s in shapes):
+        fresh = ", ".join(f"{s.key!r}: {s.fresh:.6g}" for s in shapes)
+        raise ValueError(f"{_OP}: start_loss={start:.6g} is above every law's loss at C=0 ({{{fresh}}}): no shape may "
+                         "start there without a free descent; anchor the laws at the measured initial loss")
 
     grid = _loss_grid(shapes, start, target, int(grid_size))
-    if kappa == 0:
+    if kappa == 0 and not jumps.any() and rank is None:
         switches = _greedy_switches(shapes, grid)
     else:
-        switches = _dp_switches(shapes, _with_crossings(shapes, grid), kappa)
-    return _build_plan(shapes, switches, start, target, kappa)
+        switches = _dp_switches(shapes, _with_crossings(shapes, grid), kappa, jumps, rank)
+    plan = _build_plan(shapes, switches, start, target, kappa, jumps)
+    named = {(a.key, b.key): float(jumps[i, j]) for i, a in enumerate(shapes) for j, b in enumerate(shapes)
+             if jumps[i, j]}
+    return Plan(**{**vars(plan), "switch_jumps": named, "order": None if order is None else tuple(order)})
+
+
+def _check_jumps(shapes, switch_jump):
+    """(S, S) array of loss jumps, from shape i (row) to shape j (column)."""
+    n = len(shapes)
+    if isinstance(switch_jump, dict):
+        index = {s.key: i for i, s in enumerate(shapes)}
+        out = np.zeros((n, n))
+        for pair, jump in switch_jump.items():
+            if not (isinstance(pair, tuple) and len(pair) == 2 and all(k in index for k in pair)):
+                raise ValueError(f"{_OP}: switch_jump keys must be (from_shape, to_shape) pairs of the laws' shapes, "
+                                 f"got {pair!r}")
+            out[index[pair[0]], index[pair[1]]] = _real(f"switch_jump[{pair!r}]", jump)
+    else:
+        out = np.full((n, n), _real("switch_jump", switch_jump))
+    if (out < 0).any():
+        raise ValueError(f"{_OP}: switch_jump must be >= 0, got {out[out < 0].min():.6g}")
+    np.fill_diagonal(out, 0.0)
+    return out
+
+
+def _check_order(shapes, order):
+    """Position of each shape in ``order`` (None: no order)."""
+    if order is None:
+        return None
+    order = list(order)
+    keys = [s.key for s in shapes]
+    if sorted(map(repr, order)) != sorted(map(repr, keys)) or len(set(map(repr, order))) != len(order):
+        raise ValueError(f"{_OP}: order must list every shape of laws once, got {order!r} for {keys!r}")
+    position = {repr(k): i for i, k in enumerate(order)}
+    return np.array([position[repr(k)] for k in keys])
 
 
 def _loss_grid(shapes, start, target, n):
@@ -271,8 +359,8 @@ def _loss_grid(shapes, start, target, n):
     for s in shapes:
         if target <= s.c < start:
             parts.append(s.c + (start - s.c) * np.geomspace(1e-12, 1.0, n // 4))
-        if target < s.free_above < start:
-            parts.append([s.free_above])
+        if target < s.fresh < start:
+            parts.append([s.fresh])
     grid = np.unique(np.clip(np.concatenate(parts), target, start))
     return grid[::-1]
 
@@ -344,22 +432,35 @@ def _with_crossings(shapes, grid):
     return np.unique(np.concatenate([grid, extra]))[::-1]
 
 
-def _dp_switches(shapes, nodes, kappa):
-    """Least compute + kappa * switches over plans that switch only at ``nodes`` (descending)."""
-    compute = np.stack([s.compute(nodes) for s in shapes])  # (S, N), inf below each asymptote
+def _dp_switches(shapes, nodes, kappa, jumps, rank):
+    """Least compute + kappa per switch + the jumps' climb back, over plans that switch only
+    at ``nodes`` (descending) and, with ``rank``, only forward in it."""
+    compute = np.stack([s.compute(nodes) for s in shapes])  # (S, N), inf where a shape is not usable
+    usable = np.isfinite(compute)
     with np.errstate(invalid="ignore"):
-        step = np.where(np.isfinite(compute[:, 1:]), compute[:, 1:] - compute[:, :-1], np.inf)
+        step = np.where(usable[:, 1:] & usable[:, :-1], compute[:, 1:] - compute[:, :-1], np.inf)
     n_shapes, n_steps = step.shape
-    best = np.zeros(n_shapes)  # cost so far of being on each shape at the current node
+    # enter[i, k, j]: extra cost of switching from i to k at node j (charge + climbing back the jump)
+    enter = np.full((n_shapes, n_shapes, n_steps), math.inf)
+    for i, k in itertools.product(range(n_shapes), repeat=2):
+        if i == k or (rank is not None and rank[i] >= rank[k]):
+            continue
+        top = shapes[k].static(np.minimum(nodes[:-1] + jumps[i, k], shapes[k].fresh))
+        with np.errstate(invalid="ignore"):
+            enter[i, k] = np.where(np.isfinite(compute[k, :-1]), kappa + compute[k, :-1] - top, np.inf)
+    best = np.where(np.isfinite(compute[:, 0]), 0.0, np.inf)  # cost so far of being on each shape at the node
     came_from = np.empty((n_steps, n_shapes), dtype=np.int64)
     for j in range(n_steps):
-        stay, switch_from = best, int(np.argmin(best))
-        use_switch = best[switch_from] + kappa < stay
-        came_from[j] = np.where(use_switch, switch_from, np.arange(n_shapes))
-        best = np.where(use_switch, best[switch_from] + kappa, stay) + step[:, j]
+        via = best[:, None] + enter[:, :, j]  # (from, to)
+        source = np.argmin(via, axis=0)
+        switched = via[source, np.arange(n_shapes)]
+        use_switch = switched < best
+        came_from[j] = np.where(use_switch, source, np.arange(n_shapes))
+        best = np.where(use_switch, switched, best) + step[:, j]
     shape = int(np.argmin(best))
     if not np.isfinite(best[shape]):
-        raise AssertionError("no finite plan although a shape reaches the target")  # guarded above
+        raise ValueError(f"{_OP}: no plan reaches the target from start_loss (in the given order, no usable shape "
+                         "reaches it)")
     switches = []
     for j in range(n_steps - 1, -1, -1):
         prev = int(came_from[j, shape])
@@ -370,18 +471,29 @@ def _dp_switches(shapes, nodes, kappa):
     return switches[::-1]
 
 
-def _build_plan(shapes, switches, start, target, kappa):
+def _build_plan(shapes, switches, start, target, kappa, jumps=None):
+    # A leading sliver (its shape's C = 0 loss a rounding error above the next one's) is not
+    # a segment: the next shape starts at the start loss.
+    while len(switches) > 1:
+        (top, k), (cut, _) = switches[0], switches[1]
+        ends = shapes[k].static(np.array([top, cut]))
+        if ends[1] - ends[0] > 0 and top - cut > 1e-9 * abs(top):
+            break
+        switches = [(top, switches[1][1])] + switches[2:]
     bounds = [loss for loss, _ in switches[1:]] + [target]
-    segments, spent = [], 0.0
+    segments, spent, previous = [], 0.0, None
     for n, ((loss_start, k), loss_end) in enumerate(zip(switches, bounds)):  # switches[0] is at start
-        ends = shapes[k].compute(np.array([loss_start, loss_end]))
+        jump = float(jumps[previous, k]) if (n and jumps is not None) else 0.0
+        top = min(loss_start + jump, shapes[k].fresh)
+        ends = shapes[k].static(np.array([top, loss_end]))
         compute = float(ends[1] - ends[0])
         begin = spent + (kappa if n else 0.0)
         spent = begin + compute
-        segments.append(Segment(shapes[k].key, float(loss_start), float(loss_end), compute, begin, spent))
+        segments.append(Segment(shapes[k].key, float(loss_start), float(loss_end), compute, begin, spent, jump))
+        previous = k
     static = {}
     for s in shapes:
-        ends = s.compute(np.array([start, target]))
+        ends = s.static(np.array([start, target]))
         static[s.key] = float(ends[1] - ends[0]) if np.isfinite(ends[1]) else math.inf
     best_static = min(static, key=static.get)
     best_compute = static[best_static]
@@ -413,14 +525,14 @@ def plot_plan(plan, laws, path, *, title=None, points=200):
     ax = fig.add_subplot()
     top = plan.target_loss
     for key, s in shapes.items():
-        base = s.compute(np.array([plan.start_loss]))[0]
+        base = s.static(np.array([plan.start_loss]))[0]
         x = np.geomspace(x_min, x_max, points)
         losses = _call(s.law.predict, base + x)
         ax.plot(x, losses, lw=1.2, alpha=0.75, label=f"static {key}")
         top = max(top, float(np.nanmax(np.minimum(losses, plan.start_loss))))
     for seg in plan.segments:
         losses = np.linspace(seg.loss_start, seg.loss_end, points)
-        along = shapes[seg.shape].compute(losses)
+        along = shapes[seg.shape].static(losses)
         x = seg.compute_start + along - along[0]
         keep = x >= x_min
         ax.plot(x[keep], losses[keep], color="black", lw=2.4, solid_capstyle="butt")

@@ -201,7 +201,7 @@ def test_optimal_schedule_rejects_a_law_with_nan_or_negative_parameters(bad):
     broken = ShapeLaw(**{**good.params, **bad})
     (name, value), = bad.items()
     with pytest.raises(ValueError, match=rf"laws\['broken'\]\.{name} must be"):
-        ak.schedule.optimal_schedule({"good": good, "broken": broken}, 1.5, start_loss=20.0)
+        ak.schedule.optimal_schedule({"good": good, "broken": broken}, 1.5, start_loss=10.0)
 
 
 def test_optimal_schedule_rejects_a_duck_law_that_returns_nan():
@@ -218,7 +218,7 @@ def test_optimal_schedule_rejects_a_duck_law_that_returns_nan():
 
     good = ShapeLaw(c=1.0, a=10.0, b=0.3, d=1.0)
     with pytest.raises(ValueError, match=r"laws\['nan'\]\.\w+\(.*\) is NaN"):
-        ak.schedule.optimal_schedule({"good": good, "nan": NanLaw()}, 1.5, start_loss=20.0)
+        ak.schedule.optimal_schedule({"good": good, "nan": NanLaw()}, 1.5, start_loss=10.0)
 
 
 # ----------------------------------------------------------------------------- command line

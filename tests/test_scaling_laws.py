@@ -340,3 +340,38 @@ def test_bootstrap_with_fixed_d_needs_only_the_free_parameters(seed, monkeypatch
     with pytest.raises(ValueError, match=r"^fit_shape_law: n_boot needs resamples of the 4 data points with 4 "
                                          r"distinct ones"):
         scaling.fit_shape_law(compute, truth.predict(compute), n_boot=20, seed=seed, progress=False)
+
+
+def test_anchored_shape_law_recovers_parameters_and_starts_at_the_anchor(seed):
+    rng = np.random.default_rng(seed)
+    L0, c, b = rng.uniform(2.0, 3.0), rng.uniform(0.3, 1.0), rng.uniform(0.3, 0.8)
+    d = 10 ** rng.uniform(9, 10)
+    truth = ShapeLaw(c=c, a=(L0 - c) * d ** b, b=b, d=d)
+    compute = np.geomspace(3e9, 3e12, 25)
+    noise = 0.003
+    loss = truth.predict(compute) * np.exp(rng.normal(0, noise, compute.size))
+    law = scaling.fit_shape_law(compute, loss, initial_loss=L0)
+    assert law.fit_info["converged"] and law.fit_info["at_bound"] == []
+    assert law.fit_info["initial_loss"] == L0
+    assert float(law.predict(0.0)) == pytest.approx(L0, rel=1e-12)  # pinned to the measured start
+    sse_truth = np.sum((np.log(truth.predict(compute)) - np.log(loss)) ** 2)
+    assert law.fit_info["objective"] <= sse_truth * (1 + 1e-6)
+    rms = np.sqrt(np.mean((np.log(law.predict(compute)) - np.log(loss)) ** 2))
+    assert law.fit_info["rms_log_residual"] == pytest.approx(rms, rel=1e-9)
+    assert rms <= 2 * noise
+    assert law.b == pytest.approx(b, rel=0.25) and law.c == pytest.approx(c, abs=0.15)
+
+
+def test_shape_law_flags_a_parameter_at_its_bound(seed):
+    """A plateau then a cliff (the old glyph task's curves) is no saturating power law: the
+    free fit ends at the bound b = 10 (an exponential in disguise), and says so."""
+    rng = np.random.default_rng(seed)
+    compute = np.geomspace(1e9, 1e12, 16)
+    loss = 0.4 + 1.3 / (1 + np.exp(4 * (np.log(compute) - np.log(1e11)))) + 0.6 * np.exp(-compute / 3e9)
+    loss = loss * np.exp(rng.normal(0, 1e-3, compute.size))
+    law = scaling.fit_shape_law(compute, loss)
+    assert "b" in law.fit_info["at_bound"] and law.b == pytest.approx(10.0)
+    assert law.fit_info["rms_log_residual"] > 0.01
+    clean = random_shape_law(rng)
+    good = scaling.fit_shape_law(np.geomspace(1e14, 1e20, 20), clean.predict(np.geomspace(1e14, 1e20, 20)))
+    assert good.fit_info["at_bound"] == []

@@ -52,35 +52,49 @@ def _compute(law, loss):
     return np.where(np.asarray(loss) > law.c, np.maximum(law.inverse(loss), 0.0), np.inf)
 
 
-def _patch_laws(rng, n):
-    """Shapes like ViT patch sizes: larger patches learn cheaply early but plateau higher."""
+def _fresh(law):
+    with np.errstate(all="ignore"):
+        return float(law.predict(0.0))
+
+
+def _patch_laws(rng, n, start=6.0):
+    """Shapes like ViT patch sizes: larger patches learn cheaply early but plateau higher.
+    Anchored: every law predicts ``start`` at C = 0 (one fresh model)."""
     laws = {}
     for k in range(n):
         c = 2.0 + 0.25 * k + rng.uniform(-0.05, 0.05)
         b = rng.uniform(0.25, 0.45)
         loss_at_1e12 = 4.0 + rng.uniform(-0.2, 0.2) - 0.3 * k  # cheaper shapes are ahead early on
-        d = 10 ** rng.uniform(9, 11)
-        laws[f"p{8 * 2 ** k}"] = PowerLaw(c, (loss_at_1e12 - c) * (1e12 + d) ** b, b, d)
+        d = 1e12 / (((start - c) / (loss_at_1e12 - c)) ** (1 / b) - 1)
+        laws[f"p{8 * 2 ** k}"] = PowerLaw(c, (start - c) * d ** b, b, d)
     return laws
 
 
-def _brute_force(laws, target, start, switch_cost, grid, max_segments=4):
-    """Least cost over every sequence of up to ``max_segments`` shapes (a shape may come back)
-    with switch losses on ``grid``."""
+def _brute_force(laws, target, start, switch_cost, grid, max_segments=4, jumps=None, order=None):
+    """Least cost over every sequence of up to ``max_segments`` shapes (a shape may come back,
+    unless ``order`` is given: then only forward in it) with switch losses on ``grid``. A
+    shape is usable only at or below its loss at C = 0; a switch from a to b at loss E
+    costs ``switch_cost`` plus climbing back from E + jumps[(a, b)] to E along b."""
     levels = np.concatenate([[start], np.sort(grid)[::-1], [target]])
-    table = {s: _compute(law, levels) for s, law in laws.items()}
+    table = {s: np.where(levels > _fresh(law), np.inf, _compute(law, levels)) for s, law in laws.items()}
     best = math.inf
     for n_seg in range(1, max_segments + 1):
         cuts = list(itertools.combinations(range(1, len(levels) - 1), n_seg - 1))
         cuts = np.array(cuts, dtype=int).reshape(len(cuts), n_seg - 1)
         bounds = np.hstack([np.zeros((len(cuts), 1), int), cuts, np.full((len(cuts), 1), len(levels) - 1)])
         orders = [o for o in itertools.product(laws, repeat=n_seg) if all(a != b for a, b in zip(o, o[1:]))]
-        for order in orders:
+        if order is not None:
+            orders = [o for o in orders if all(order.index(a) < order.index(b) for a, b in zip(o, o[1:]))]
+        for shapes in orders:
             cost = np.full(len(cuts), switch_cost * (n_seg - 1))
-            for i, shape in enumerate(order):
+            for i, shape in enumerate(shapes):
                 hi, lo = table[shape][bounds[:, i]], table[shape][bounds[:, i + 1]]
+                if i and jumps:
+                    law = laws[shape]
+                    top = np.minimum(levels[bounds[:, i]] + jumps.get((shapes[i - 1], shape), 0.0), _fresh(law))
+                    hi = np.where(np.isfinite(hi), _compute(law, top), np.inf)
                 with np.errstate(invalid="ignore"):
-                    cost = cost + np.where(np.isfinite(lo), lo - hi, np.inf)
+                    cost = cost + np.where(np.isfinite(lo) & np.isfinite(hi), lo - hi, np.inf)
             best = min(best, float(cost.min()))
     return best
 
@@ -100,7 +114,10 @@ def _check_invariants(plan, laws):
         assert nxt.compute_start == pytest.approx(prev.compute_end + plan.switch_cost, rel=1e-12)
     for seg in segs:
         assert seg.loss_start > seg.loss_end > laws[seg.shape].c
-        along = _compute(laws[seg.shape], np.array([seg.loss_start, seg.loss_end]))
+        assert seg.loss_start <= _fresh(laws[seg.shape]) * (1 + 1e-12)  # no free descent
+        assert seg.compute > 0  # every segment costs compute
+        top = min(seg.loss_start + seg.loss_jump, _fresh(laws[seg.shape]))
+        along = _compute(laws[seg.shape], np.array([top, seg.loss_end]))
         assert seg.compute == pytest.approx(along[1] - along[0], rel=1e-12, abs=tiny)
         assert seg.compute_end == pytest.approx(seg.compute_start + seg.compute, rel=1e-12)
     expected_total = sum(s.compute for s in segs) + plan.switch_cost * plan.num_switches
@@ -167,7 +184,7 @@ def test_greedy_plan_matches_brute_force(n_shapes, seed):
     # Pointwise rule: inside every segment its shape has the least |dC/dE| of the usable shapes.
     for seg in plan.segments:
         losses = rng.uniform(seg.loss_end, seg.loss_start, 20)
-        slopes = {s: np.where(_compute(law, losses) > 0, np.abs(law.d_inverse(losses)), 0.0) for s, law in laws.items()}
+        slopes = {s: np.where(losses > _fresh(law), np.inf, np.abs(law.d_inverse(losses))) for s, law in laws.items()}
         assert np.all(slopes[seg.shape] <= np.min(list(slopes.values()), axis=0) * (1 + 1e-9))
 
 
@@ -306,3 +323,61 @@ def test_real_shape_laws(seed):
     fitted = {s: ak.scaling.fit_shape_law(compute, law.predict(compute)) for s, law in laws.items()}
     plan = optimal_schedule(fitted, target)
     assert plan.total_compute == pytest.approx(optimal_schedule(laws, target).total_compute, rel=1e-3)
+
+
+def test_no_free_descent_above_a_laws_fresh_loss():
+    """The old planner let a shape descend for 0 FLOPs from the plan's start down to its own
+    loss at C = 0 (the issue-16 "free ride"); now a shape is used only at or below it."""
+    # fine: fresh 3.0, slow; coarse: fresh 2.5 (a law fitted without the early points), fast.
+    fine = PowerLaw(1.0, 2.0 * 1e10 ** 0.5, 0.5, 1e10)
+    coarse = PowerLaw(1.5, 1.0 * 1e8 ** 0.5, 0.5, 1e8)
+    laws = {"fine": fine, "coarse": coarse}
+    plan = optimal_schedule(laws, 1.6)
+    assert plan.start_loss == pytest.approx(3.0)
+    assert plan.segments[0].shape == "fine" and plan.segments[0].compute > 0
+    assert all(seg.compute > 0 for seg in plan.segments)
+    for seg in plan.segments:
+        assert seg.loss_start <= _fresh(laws[seg.shape]) * (1 + 1e-12)
+    # brute force with the same rule agrees
+    grid = np.append(_brute_grid(1.6, plan.start_loss), 2.5)  # with the kink where coarse becomes usable
+    brute = _brute_force(laws, 1.6, plan.start_loss, 0.0, grid)
+    assert brute * (1 - 2e-3) <= plan.total_compute <= brute * (1 + 1e-9)
+    with pytest.raises(ValueError, match=r"start_loss=4 is above every law's loss at C=0"):
+        optimal_schedule(laws, 1.6, start_loss=4.0)
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_switch_jumps_and_order_match_brute_force(seed, ordered):
+    rng = np.random.default_rng(seed)
+    laws = _patch_laws(rng, 3)
+    target = max(law.c for law in laws.values()) - 0.1
+    free = optimal_schedule(laws, target)
+    names = list(laws)[::-1]  # coarse to fine: p32, p16, p8
+    jumps = {(a, b): rng.uniform(0.02, 0.3) for a in laws for b in laws if a != b}
+    order = names if ordered else None
+    plan = optimal_schedule(laws, target, switch_jump=jumps, order=order)
+    grid = _brute_grid(target, plan.start_loss, n=60)
+    brute = _brute_force(laws, target, plan.start_loss, 0.0, grid, max_segments=3, jumps=jumps, order=order)
+    # the programme switches on its own (finer) grid: it may beat the brute force's grid slightly
+    assert brute * (1 - 2e-2) <= plan.total_compute <= brute * (1 + 1e-9)
+    assert plan.total_compute >= free.total_compute * (1 - 1e-9)  # jumps never make a plan cheaper
+    _check_invariants(plan, laws)
+    for prev, nxt in zip(plan.segments, plan.segments[1:]):
+        assert nxt.loss_jump == jumps[(prev.shape, nxt.shape)]
+        if ordered:
+            assert names.index(prev.shape) < names.index(nxt.shape)
+    data = json.loads(json.dumps(plan.to_dict(), allow_nan=False))
+    assert len(data["switch_jumps"]) == 6 and (data["order"] == names if ordered else data["order"] is None)
+    # the plan's compute at a loss along its segments: the target costs the total, the start 0
+    assert plan.compute_at(plan.target_loss, laws) == pytest.approx(plan.total_compute, rel=1e-9)
+    assert plan.compute_at(plan.start_loss, laws) == pytest.approx(0.0, abs=1e-9 * plan.total_compute)
+
+
+def test_jumps_and_order_reject_bad_input():
+    laws = {"a": PowerLaw(1.0, 1.0, 0.5, 1.0), "b": PowerLaw(1.2, 1.0, 0.5, 1.0)}
+    with pytest.raises(ValueError, match="switch_jump must be >= 0"):
+        optimal_schedule(laws, 1.5, switch_jump=-0.1)
+    with pytest.raises(ValueError, match=r"switch_jump keys must be \(from_shape, to_shape\)"):
+        optimal_schedule(laws, 1.5, switch_jump={("a", "z"): 0.1})
+    with pytest.raises(ValueError, match="order must list every shape"):
+        optimal_schedule(laws, 1.5, order=["a"])

@@ -154,7 +154,8 @@ def test_flop_cache_equals_flopcountermode_every_step(tmp_path, make_task, shape
         with FlopCounterMode(display=False) as counter:
             task.loss(model, batch, shape).backward()
         steps = cached.ledger.counts(shape)["steps"]
-        assert counter.get_total_flops() * steps == cached.ledger.total(shape=shape)
+        train_phases = ["forward", "backward", "optimizer"]
+        assert counter.get_total_flops() * steps == cached.ledger.total(shape=shape, phase=train_phases)
         assert counter.get_total_flops() > 0
 
 
@@ -170,7 +171,36 @@ def test_compute_triggered_switch_and_eval_points(tmp_path, seed):
     assert run.compute == run.ledger.total(phase=["forward", "backward", "optimizer"])
     assert [e["step"] for e in run.evals] == [1, 4]  # two points crossed by one step: one eval
     assert [e["shape"] for e in run.evals] == ["p8", "p4"]
-    assert run.ledger.counts(kind="eval")["steps"] == 2 and run.ledger.total(phase="eval") > 0
+    # evals: the fresh model, the two points, and the old and new shape at the switch
+    assert run.ledger.counts(kind="eval")["steps"] == 5 and run.ledger.total(phase="eval") > 0
+    assert run.initial["shape"] == "p8" and run.initial["loss"] > 0 and run.initial["stderr"] > 0
+    (switch,) = run.switches
+    assert (switch["from"], switch["to"], switch["step"]) == ("p8", "p4", 3)
+
+
+def test_loss_triggered_switch_follows_the_smoothed_training_loss(tmp_path, seed):
+    """A loss-triggered schedule switches at the first step whose smoothed training loss
+    (bias-corrected EMA, as logged) is at or below the level; a level above the start
+    switches after the first step, one below every loss never does."""
+    task = vit_task(seed)
+    cfg = config(max_steps=6, seed=seed, smooth_steps=3)
+    probe = train_run(task, ShapeSchedule.static("p8"), cfg, tmp_path / "probe")
+    rows = [json.loads(r) for r in (tmp_path / "probe" / "metrics.jsonl").read_text().splitlines()]
+    smooth = [r["smoothed"] for r in rows]
+    decay, ema, weight = 1 - 1 / 3, 0.0, 0.0
+    for r in rows:  # the logged smoothed loss is the bias-corrected EMA of the logged losses
+        ema, weight = decay * ema + (1 - decay) * r["loss"], decay * weight + (1 - decay)
+        assert r["smoothed"] == pytest.approx(ema / weight, rel=1e-12)
+    level = sorted(smooth)[len(smooth) // 2]
+    first = next(i for i, v in enumerate(smooth) if v <= level)  # step index whose smoothed loss crosses
+    run = train_run(task, ShapeSchedule((("p8", level), ("p4", None)), trigger="loss"), cfg, tmp_path / "run")
+    (switch,) = run.switches
+    assert switch["step"] == first + 1 and switch["smoothed_train_loss"] == pytest.approx(smooth[first])
+    assert run.ledger.counts("p8")["steps"] == first + 1 and run.ledger.counts("p4")["steps"] == 5 - first
+    assert switch["loss_before"] > 0 and switch["loss_after"] > 0
+    never = train_run(task, ShapeSchedule((("p8", -1.0), ("p4", None)), trigger="loss"), cfg, tmp_path / "never")
+    assert never.switches == [] and never.ledger.shapes == ["p8"]
+    assert probe.ledger.total(phase="forward") == never.ledger.total(phase="forward")
 
 
 def test_budget_and_target_stop(tmp_path, seed):

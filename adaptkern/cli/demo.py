@@ -48,7 +48,7 @@ def run(args) -> int:
         run_demo(args.model, images=args.images, text=args.text, shapes=args.shapes, budget=args.budget,
                  device=args.device, out=args.out, fast=args.fast, seed=args.seed, resume=args.resume,
                  target_loss=args.target_loss, batch_size=args.batch_size, tokens_per_batch=args.tokens_per_batch,
-                 evals=args.evals, progress=not args.no_progress)
+                 evals=args.evals, seeds=args.seeds, switch_on=args.switch_on, progress=not args.no_progress)
     except (ValueError, OSError) as error:
         print(f"adaptkern demo: error: {error}", file=sys.stderr)
         return 2
@@ -69,6 +69,11 @@ def register(subparsers) -> None:
                              "for vit, contexts like ctx16 ctx64 ctx256 for lm")
     parser.add_argument("--out", default="adaptkern-demo", metavar="DIR", help="output folder (default adaptkern-demo)")
     parser.add_argument("--fast", action="store_true", help="tiny budgets (CI): checks the pipeline in seconds")
+    parser.add_argument("--seeds", type=int, metavar="N",
+                        help="measured seeds (SEED, SEED+1, ...; default 3, 1 with --fast); tuning uses SEED+1000")
+    parser.add_argument("--switch-on", choices=["loss", "compute"], default="loss",
+                        help="adaptive switches when the smoothed training loss reaches the planned level (default) "
+                             "or when the compute reaches the planned FLOPs")
     parser.add_argument("--resume", action="store_true",
                         help="continue in OUT: keep finished runs, resume unfinished ones from their checkpoints")
     parser.set_defaults(func=run)

@@ -1,7 +1,23 @@
 """Per-shape law E(C) = c + a (C + d)^-b: the loss a model of one fixed shape reaches after
 C training FLOPs (Anagnostidis et al. 2023 fit one such curve per patch size / context
 length and switch shapes where another curve needs less compute per unit of loss). The
-adaptive schedule (``ak.schedule``) uses ``inverse`` and ``d_inverse``."""
+adaptive schedule (``ak.schedule``) uses ``inverse`` and ``d_inverse``.
+
+Anchored form (``initial_loss=L0``): E(C) = c + (L0 - c) (1 + C/d)^-b, the same law with
+a = (L0 - c) d^b, pinned to the measured loss of the fresh model at C = 0. It is a
+saturating power law in C + d: a plateau at L0 for C << d, a power law with exponent b for
+C >> d, and the floor c. (The offset form is Hestness et al. 2017's "small-data region ->
+power-law region -> irreducible error" curve, and the C + d shift is the one Anagnostidis
+et al. 2023, eq. 3, and Kaplan et al. 2020 use for compute or data offsets.) Without the
+anchor, nothing ties the law to the loss at C = 0, and a fit to points far from it can put
+its "loss at C = 0" anywhere, which the planner used to read as a free descent.
+
+Every fit records ``fit_info["rms_log_residual"]`` (root mean square of log E(C_i) -
+log L_i) and ``fit_info["at_bound"]``: the parameters that ended on a bound of the search
+box (c = 0 or c at the lowest observed loss, b at 1e-3 or 10, d at the ends of its range).
+A law with a parameter at a bound is not a fit of this form to the data: it is flagged,
+and callers should not use it silently (``adaptkern demo`` refits or falls back, and says
+so)."""
 
 import numpy as np
 
@@ -47,13 +63,20 @@ class ShapeLaw(ScalingLaw):
         return output(np.where(L > self.c, slope, -np.inf))
 
 
+B_BOUNDS = (1e-3, 10.0)
+LOG_DELTA_BOUNDS = (np.log(1e-6), np.log(1e3))  # d in units of the geometric-mean compute of the points
+
+
 @single_threaded_blas()
-def fit_shape_law(compute, loss, *, d=None, n_boot=0, seed=None, confidence=0.95, progress=None):
+def fit_shape_law(compute, loss, *, d=None, initial_loss=None, n_boot=0, seed=None, confidence=0.95,
+                  progress=None):
     """Fit E(C) = c + a (C + d)^-b to one shape's (compute, loss) points.
 
     compute: 1-D array-like of training FLOPs (> 0), one per point.
     loss: 1-D array-like of losses (> 0), same length.
     d: hold the compute offset fixed at this value (>= 0), e.g. 0; None fits it.
+    initial_loss: the measured loss at C = 0 (> every fitted c): fit the anchored form
+        c + (L0 - c)(1 + C/d)^-b (three free parameters c, b, d); not with ``d``.
     n_boot, seed, confidence, progress: bootstrap of the parameters (see
         ``bootstrap.attach``); n_boot = 0 skips it.
 
@@ -68,17 +91,25 @@ def fit_shape_law(compute, loss, *, d=None, n_boot=0, seed=None, confidence=0.95
     fixed_d = None if d is None else as_real(FN, "d", d)
     if fixed_d is not None and fixed_d < 0:
         raise ValueError(f"{FN}: d must be >= 0, got {d}")
-    n_free = 3 if fixed_d is not None else 4
+    anchor = None if initial_loss is None else as_real(FN, "initial_loss", initial_loss)
+    if anchor is not None and (anchor <= 0 or fixed_d is not None):
+        raise ValueError(f"{FN}: initial_loss must be > 0 and cannot be combined with a fixed d, got "
+                         f"initial_loss={initial_loss}, d={d}")
+    n_free = 3 if (fixed_d is not None or anchor is not None) else 4
     compute, loss = as_columns(FN, n_free, compute=compute, loss=loss)
     check_spread(FN, "compute", compute, n_free,
                  f"c + a (C + d)^-b has {n_free} free parameters to fix along the compute")
-    params, result, starts = _fit(compute, loss, fixed_d, start=None)
-    law = record_fit(FN, ShapeLaw(**dict(zip(ShapeLaw.param_names, params))), objective=2 * result.cost,
-                     converged=result.success, message=result.message, n_points=len(loss), n_starts=starts,
-                     fixed_d=fixed_d)
+    fit = _fit if anchor is None else _fit_anchored
+    extra = {"fixed_d": fixed_d} if anchor is None else {"initial_loss": anchor}
+    params, result, starts, at_bound = fit(compute, loss, fixed_d if anchor is None else anchor, start=None)
+    law = ShapeLaw(**dict(zip(ShapeLaw.param_names, params)))
+    residual = np.log(np.asarray(law.predict(compute), dtype=float)) - np.log(loss)
+    law = record_fit(FN, law, objective=2 * result.cost, converged=result.success, message=result.message,
+                     n_points=len(loss), n_starts=starts, rms_log_residual=float(np.sqrt(np.mean(residual ** 2))),
+                     at_bound=at_bound, **extra)
 
     def refit(columns, start):
-        params, result, _ = _fit(*columns, fixed_d, start=start)
+        params, result, _, _ = fit(*columns, fixed_d if anchor is None else anchor, start=start)
         return params, result.success
 
     return bootstrap.attach(law, refit, [compute, loss], n_boot=n_boot, seed=seed, confidence=confidence,
@@ -121,7 +152,59 @@ def _fit(compute, loss, fixed_d, start):
                                     x_scale="jac", max_nfev=2000)
     c, A, b, delta = unpack(best.x)
     d = delta * scale if fixed_d is None else fixed_d  # a fixed d comes back exactly as given
-    return np.array([c, A * scale**b, b, d]), best, len(starts)
+    names = [n for n in ("c", "a", "b", "d")[:len(lower)]]
+    at_bound = [n for n, v, lo, hi in zip(names, best.x, lower, upper) if n != "d" and _touches(v, lo, hi)]
+    return np.array([c, A * scale**b, b, d]), best, len(starts), at_bound
+
+
+def _touches(value, lo, hi):
+    """Whether ``value`` sits on the bound ``lo`` or ``hi`` (relative tolerance 1e-6)."""
+    return any(np.isfinite(x) and abs(value - x) <= 1e-6 * max(1.0, abs(x)) for x in (lo, hi))
+
+
+def _fit_anchored(compute, loss, initial_loss, start):
+    """c + (L0 - c)(1 + x/delta)^-b in scaled units x = C / s; parameters (c, b, log delta)."""
+    scale = float(np.exp(np.mean(np.log(compute))))
+    x, log_loss, L0 = compute / scale, np.log(loss), initial_loss
+
+    def parts(theta):
+        c, b, log_delta = theta
+        delta = np.exp(log_delta)
+        u = 1 + x / delta
+        term = (L0 - c) * u ** -b
+        return c, b, delta, u, term, c + term
+
+    def residuals(theta):
+        return np.log(parts(theta)[-1]) - log_loss
+
+    def jacobian(theta):
+        c, b, delta, u, term, pred = parts(theta)
+        return np.stack([(1 - u ** -b) / pred, -term * np.log(u) / pred, term * b * (x / delta) / u / pred], axis=1)
+
+    lower = np.array([0.0, B_BOUNDS[0], LOG_DELTA_BOUNDS[0]])
+    upper = np.array([min(np.min(loss), L0) * (1 - 1e-9), B_BOUNDS[1], LOG_DELTA_BOUNDS[1]])
+    if start is not None:
+        starts = [np.array([start.c, start.b, np.log(max(start.d, 1e-300) / scale)])]
+    else:
+        candidates = []
+        for b in np.geomspace(0.05, 3.0, 10):
+            for log_delta in np.linspace(LOG_DELTA_BOUNDS[0] + 1, LOG_DELTA_BOUNDS[1] - 1, 9):
+                v = (1 + x / np.exp(log_delta)) ** -b
+                # loss - L0 v = c (1 - v): least squares c, clipped into the box
+                w = 1 - v
+                c = float(np.clip(np.dot(w, loss - L0 * v) / max(np.dot(w, w), 1e-300), 0.0, upper[0]))
+                pred = c + (L0 - c) * v
+                if np.all(pred > 0):
+                    candidates.append((float(np.sum((np.log(pred) - log_loss) ** 2)), np.array([c, b, log_delta])))
+        candidates.sort(key=lambda item: item[0])
+        starts = [theta for _, theta in candidates[:3]]
+    starts = [np.clip(theta0, lower, upper) for theta0 in starts]
+    best = multistart_least_squares(FN, residuals, jacobian, starts, bounds=(lower, upper), method="trf",
+                                    x_scale="jac", max_nfev=2000)
+    c, b, log_delta = best.x
+    d = float(np.exp(log_delta) * scale)
+    at_bound = [n for n, v, lo, hi in zip(("c", "b", "d"), best.x, lower, upper) if _touches(v, lo, hi)]
+    return np.array([c, (L0 - c) * d ** b, b, d]), best, len(starts), at_bound
 
 
 def _linear_starts(x, loss, fixed_d, scale, keep=3):

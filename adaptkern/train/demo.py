@@ -1,20 +1,31 @@
-"""``adaptkern demo``, the main job: sweep static shapes, fit one scaling law per shape,
-plan the compute-optimal shape schedule, train adaptively along it, and report the exact
-FLOPs every static shape and the adaptive run needed to reach a target loss.
+"""``adaptkern demo``, the main job: does switching shape at the planned moment save
+training compute against the best *tuned* static shape, over several seeds?
 
-Steps (each resumable with ``resume=True``):
-1. Sweep: one run per static shape, same budget and the same log-spaced eval points
-   (``<out>/sweep/<shape>.json`` per finished run).
-2. Fit E_s(C) = c + a (C + d)^-b per shape (``ak.scaling.fit_shape_law``) to the eval
-   curve: held-out loss vs exact training FLOPs.
-3. Target loss by ``adaptive.TARGET_RULE`` (or given), plan with
-   ``ak.schedule.optimal_schedule``.
-4. Adaptive run (``<out>/adaptive``): fresh model, same data, hyper-parameters and eval
-   points, switching shape when its compute reaches each planned boundary, stopping at the
-   first eval at or below the target (or at the budget).
-5. FLOPs to target = first crossing of the eval curve, interpolated in log-compute; the
-   verdict compares the adaptive run with the best static shape on these measured numbers.
-Writes ``<out>/summary.json`` and ``<out>/demo.png``; returns the summary.
+Protocol (every step resumable with ``resume=True``; what each step spends is booked):
+1. Tune (own seed ``tune_seed``, never one of the measured seeds): every static shape on the
+   same budget over a grid of batch sizes (``grid``: tokens per step, so the images per step
+   of a shape are tokens / patches per image); the chosen setting of a shape is the one with
+   the lowest final loss (mean of its last two evals). These runs also give the laws, the
+   targets and the switch jumps: everything the plan needs is fixed before any measured run.
+2. Laws: one per shape, anchored at the run's step-0 loss, fitted after the transient
+   (``laws.TRANSIENT_RULE``); a law with a parameter at a bound falls back to the measured
+   curve (``laws.fit_laws``).
+3. Targets: ``adaptive.TARGET_RULE`` (five losses, the middle one the headline).
+4. Switch jumps: at the tuning runs' late evals the same model is also evaluated at the
+   other shapes; the median rise is the jump the planner is given.
+5. Plan: ``ak.schedule.optimal_schedule`` from the measured step-0 loss to the lowest
+   target, switches only forward in the shape order, jumps charged.
+6. Measured runs, for every seed: each static shape at its tuned setting, and the adaptive
+   run (each segment at its shape's tuned setting), switching when its smoothed training
+   loss reaches the planned loss level (``--switch-on compute``: at the planned compute).
+   Evals are log-spaced, and at most ``dense_ratio`` apart in compute once the smoothed
+   training loss is halfway from the step-0 loss to the highest target.
+7. Oracle: on the first seed, single switches from the plan's first shape to its last (if
+   the plan does not switch: to the later shape whose tuning run ended lowest) at several
+   compute points (10% to 60% of the best static shape's FLOPs to the headline target);
+   the best of them is what a perfect single-switch plan would have achieved.
+8. Report: ``<out>/summary.json`` (the keys of DESIGN.md's "main job's report"), the
+   printed table and ``<out>/demo.png``.
 """
 
 import os
@@ -23,48 +34,58 @@ import time
 import numpy as np
 import torch
 
+from .. import schedule as ak_schedule
 from . import distributed
-from .adaptive import TARGET_RULE, choose_target, curve, first_crossing, fit_laws, plan_schedule
-from .data import ImageFolderData, SyntheticCopyText, SyntheticGlyphs, TextFileData
-from .io import write_json
-from .loop import RunConfig, train_run
+from .adaptive import (TARGET_RULE, choose_targets, final_loss, first_crossing, spread,
+                       switch_jumps, target_entry)
+from .data import ImageFolderData, SyntheticCopyText, SyntheticScales, TextFileData
+from .io import read_json, write_json
+from .laws import fit_laws
+from .loop import RunConfig, run_identity, train_run
 from .plot import plot_demo
-from .report import compare, table
+from .report import table, verdict
 from .schedule import ShapeSchedule
-from .sweep import run_sweep
+from .sweep import run_record
 from .tasks import LMTask, VisionTask
 
-# Sized for 2 CPU cores and a few minutes in all (see the README for measured times); on a
-# GPU the same command runs the same sizes, just faster.
+# Sized for 2 CPU cores (see the README for measured times); a GPU runs the same sizes.
 PRESETS = {
-    "vit": {"shapes": ["p16", "p8", "p4"], "budget": 4e11, "batch_size": 32, "num_eval": 1024, "n_evals": 16,
-            "first_eval_fraction": 0.01, "lr": 2e-3},
-    "lm": {"shapes": ["ctx16", "ctx64", "ctx256"], "budget": 4e11, "tokens_per_batch": 1024, "num_eval": 8192,
-           "n_evals": 16, "first_eval_fraction": 0.01, "lr": 3e-3},
+    "vit": {"shapes": ["p16", "p8", "p4"], "budget": 1.5e11, "grid": [256, 512, 1024], "num_eval": 512,
+            "n_evals": 10, "first_eval_fraction": 0.02, "lr": 2e-3, "seeds": 3, "oracle_points": 4,
+            "dense_ratio": 1.1, "warmup_steps": 30},
+    "lm": {"shapes": ["ctx16", "ctx64", "ctx256"], "budget": 1.5e11, "grid": [512, 1024, 2048], "num_eval": 8192,
+           "n_evals": 10, "first_eval_fraction": 0.02, "lr": 3e-3, "seeds": 3, "oracle_points": 4,
+           "dense_ratio": 1.1, "warmup_steps": 30},
 }
-# --fast (CI): tiny budgets and held-out sets; proves the pipeline, not the science.
+# --fast (CI): tiny budgets, one seed, two settings per shape: proves the pipeline, not the science.
 FAST = {
-    "vit": {"budget": 1e10, "batch_size": 16, "num_eval": 128, "n_evals": 6, "first_eval_fraction": 0.05},
-    "lm": {"budget": 1e10, "tokens_per_batch": 512, "num_eval": 1024, "n_evals": 6, "first_eval_fraction": 0.05},
+    "vit": {"budget": 5e9, "grid": [256, 1024], "num_eval": 64, "n_evals": 6, "first_eval_fraction": 0.05,
+            "seeds": 1, "oracle_points": 2, "dense_ratio": 1.25, "warmup_steps": 3},
+    "lm": {"budget": 5e9, "grid": [512, 1024], "num_eval": 1024, "n_evals": 6, "first_eval_fraction": 0.05,
+           "seeds": 1, "oracle_points": 2, "dense_ratio": 1.25, "warmup_steps": 3},
 }
+TUNE_SEED_OFFSET = 1000  # the tuning seed is seed + 1000: never one of the measured seeds
 
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def make_task(model: str, settings: dict, *, images=None, text=None, seed: int = 0):
+def make_task(model: str, settings: dict, *, images=None, text=None, seed: int = 0, per_shape=None):
+    """The task of ``model`` on the embedded data (or ``images`` / ``text``); ``per_shape``:
+    {shape: images per step (vit) / tokens per step (lm)}, else the settings' batch."""
     if model == "vit":
         if text is not None:
             raise ValueError("--text goes with --model lm, not --model vit")
         data = (ImageFolderData(images, seed=seed) if images else
-                SyntheticGlyphs(seed=seed, num_eval=settings["num_eval"]))
-        return VisionTask(data, batch_size=settings["batch_size"])
+                SyntheticScales(seed=seed, num_eval=settings["num_eval"]))
+        return VisionTask(data, batch_size=per_shape or settings.get("batch_size") or 32)
     if model == "lm":
         if images is not None:
             raise ValueError("--images goes with --model vit, not --model lm")
         data = TextFileData(text, seed=seed) if text else SyntheticCopyText(seed=seed)
-        return LMTask(data, tokens_per_batch=settings["tokens_per_batch"], eval_tokens=settings["num_eval"])
+        return LMTask(data, tokens_per_batch=per_shape or settings.get("tokens_per_batch") or 1024,
+                      eval_tokens=settings["num_eval"])
     raise ValueError(f"--model must be 'vit' or 'lm', got {model!r}")
 
 
@@ -77,79 +98,202 @@ def settings_for(model: str, *, fast: bool = False, **overrides) -> dict:
         raise ValueError(f"--budget must be > 0 FLOPs, got {settings['budget']}")
     if settings["n_evals"] < 2:  # a curve (and a law, a target, a first crossing) needs two points
         raise ValueError(f"--evals must be at least 2, got {settings['n_evals']}")
+    if int(settings["seeds"]) < 1:
+        raise ValueError(f"--seeds must be at least 1, got {settings['seeds']}")
     return settings
+
+
+def _grid_setting(task, shape, per_step: int) -> int:
+    """Images (vit) or tokens (lm) per step for a grid entry of ``per_step`` tokens."""
+    if isinstance(task, VisionTask):
+        return max(1, per_step // task.shape(shape).grid ** 2)
+    return per_step
+
+
+class _Runner:
+    """Runs (or, with resume, reloads) one training run and keeps its record."""
+
+    def __init__(self, device, resume, progress, say):
+        self.device, self.resume, self.progress, self.say = device, resume, progress, say
+        self.count = 0
+
+    def __call__(self, task, schedule, config, folder, desc):
+        self.count += 1
+        identity = run_identity(task, schedule, config)
+        path = os.path.join(folder, "record.json")
+        if self.resume and os.path.exists(path):
+            record = read_json(path)
+            if record.get("identity") != identity:
+                raise ValueError(f"{path} holds a run with a different configuration; use another output folder "
+                                 "or run without --resume")
+            return record
+        config = RunConfig(**{**vars(config), "progress": self.progress, "progress_desc": f"[{self.count}] {desc}"})
+        started = time.perf_counter()
+        result = train_run(task, schedule, config, folder, device=self.device, resume=self.resume)
+        if result.stopped == "max_steps":
+            raise RuntimeError(f"run {desc} paused at max_steps before its budget")
+        record = run_record(desc, identity, result)
+        record.update(initial=result.initial, switches=result.switches, schedule=schedule.to_dict())
+        if distributed.is_main():
+            write_json(path, record)
+        distributed.barrier()
+        self.say(f"  [{self.count}] {desc}: {result.steps} steps, {result.compute:.3g} FLOPs, "
+                 f"final eval {record['evals'][-1]['loss'] if record['evals'] else float('nan'):.4f}, "
+                 f"{time.perf_counter() - started:.0f} s")
+        return record
+
+
+def _eval_flops(record) -> int:
+    return sum(v for phases in record["ledger"]["flops"].values() for p, v in phases.items() if p == "eval")
 
 
 def run_demo(model: str = "vit", *, images=None, text=None, shapes=None, budget=None, device=None,
              out="adaptkern-demo", fast: bool = False, seed: int = 0, resume: bool = False, target_loss=None,
-             batch_size=None, tokens_per_batch=None, evals=None, progress: bool = True, log=print) -> dict:
+             batch_size=None, tokens_per_batch=None, evals=None, seeds=None, switch_on: str = "loss",
+             progress: bool = True, log=print) -> dict:
     """Run the whole demo (see the module docstring); returns the summary dict."""
     started = time.perf_counter()
-    settings = settings_for(model, fast=fast, shapes=shapes, budget=budget, batch_size=batch_size,
-                            tokens_per_batch=tokens_per_batch, n_evals=evals)
-    task = make_task(model, settings, images=images, text=text, seed=seed)
-    names = [task.short_name(s) for s in settings["shapes"]]
+    settings = settings_for(model, fast=fast, shapes=shapes, budget=budget, n_evals=evals, seeds=seeds)
+    fixed = batch_size if model == "vit" else tokens_per_batch
+    base = make_task(model, settings, images=images, text=text, seed=seed)
+    names = [base.short_name(s) for s in settings["shapes"]]
     if len(set(names)) != len(names) or len(names) < 2:
         raise ValueError(f"--shapes needs at least two distinct shapes, got {settings['shapes']}")
+    if switch_on not in ("loss", "compute"):
+        raise ValueError(f"--switch-on must be 'loss' or 'compute', got {switch_on!r}")
     device = torch.device(device or default_device())
     main = distributed.is_main()
     say = log if main else (lambda *a, **k: None)
-    config = RunConfig(budget=int(settings["budget"]), seed=seed, lr=settings["lr"], n_evals=settings["n_evals"],
-                       first_eval_fraction=settings["first_eval_fraction"], progress=progress and main)
-    say(f"adaptkern demo: {task.kind} on {task.describe()['data']}, shapes {' '.join(names)}, "
-        f"{config.budget:.3g} training FLOPs per static run, device {device}, out {out}")
+    run = _Runner(device, resume, progress and main, say)
+    budget = int(settings["budget"])
+    seed_list = [seed + i for i in range(int(settings["seeds"]))]
+    tune_seed = seed + TUNE_SEED_OFFSET
+    eval_shape = names[-1] if model == "lm" else None  # LM: every context scored on the same tokens, longest context
+    common = dict(budget=budget, lr=settings["lr"], n_evals=settings["n_evals"], warmup_steps=settings["warmup_steps"],
+                  first_eval_fraction=settings["first_eval_fraction"], eval_shape=eval_shape)
+    say(f"adaptkern demo: {base.kind} on {base.describe()['data']}, shapes {' '.join(names)}, {budget:.3g} training "
+        f"FLOPs per static run, seeds {seed_list} (tuning seed {tune_seed}), device {device}, out {out}")
 
-    records = run_sweep(task, names, config, os.path.join(out, "sweep"), device=device, resume=resume)
-    laws, fit_errors = fit_laws(records)
-    target = float(target_loss) if target_loss is not None else choose_target(records)
-    rule = "given with --target-loss" if target_loss is not None else TARGET_RULE
-    summary = {"task": task.describe(), "shapes": names, "budget": config.budget, "device": str(device),
-               "world_size": distributed.world_size(), "target_loss": target, "target_rule": rule,
-               "laws": {s: law.to_dict() for s, law in laws.items()}, "fit_errors": fit_errors, "static": {}}
-    static_crossings, static_how = {}, {}
-    for shape, record in records.items():
-        record["crossing"], how = first_crossing(record["evals"], target)
-        static_crossings[shape], static_how[shape] = record["crossing"], how
-        law = laws.get(shape)
-        summary["static"][shape] = {
-            "flops_to_target": record["crossing"], "crossing": how,
-            "law_flops_to_target": float(law.inverse(target)) if law is not None else None,
-            "final_loss": curve(record["evals"])[1][-1], "steps": record["steps"], "compute": record["compute"],
-            "seconds": record["seconds"], "evals": record["evals"]}
+    # 1. tuning
+    grid = [fixed] if fixed else settings["grid"]
+    tuned, tried = {}, {s: [] for s in names}
+    say("tuning every static shape on the same budget:")
+    for shape in names:
+        for per_step in grid:
+            setting = per_step if fixed else _grid_setting(base, shape, per_step)
+            task = make_task(model, settings, images=images, text=text, seed=tune_seed, per_shape={shape: setting})
+            config = RunConfig(seed=tune_seed, cross_eval_shapes=tuple(names), cross_eval_after=0.3, **common)
+            record = run(task, ShapeSchedule.static(shape), config,
+                         os.path.join(out, "tune", f"{shape}-{setting}"), f"tune {shape} batch {setting}")
+            tried[shape].append({"setting": setting, "record": record})
+        best = min(tried[shape], key=lambda t: final_loss(t["record"]["evals"]))
+        tuned[shape] = best
+    batch_key = "batch_size" if model == "vit" else "tokens_per_step"
+    per_shape = {s: tuned[s]["setting"] for s in names}
+    tune_records = {s: tuned[s]["record"] for s in names}
 
-    adaptive = None
+    # 2-5. laws, targets, jumps, plan: all from the tuning runs
+    laws, law_report = fit_laws(tune_records, settings["warmup_steps"])
+    targets = [float(target_loss)] if target_loss is not None else choose_targets(tune_records)
+    headline = targets[len(targets) // 2]  # the middle one (f = 0.20 of five)
+    jumps = switch_jumps(tune_records, names)
+    summary = {"task": base.describe(), "shapes": names, "budget": budget, "device": str(device),
+               "world_size": distributed.world_size(), "seeds": seed_list, "tune_seed": tune_seed,
+               "target_rule": "given with --target-loss" if target_loss is not None else TARGET_RULE,
+               "laws": law_report, "switch_jumps": {f"{a}->{b}": j for (a, b), j in jumps.items()}}
+    summary["baselines"] = {s: {"chosen": {batch_key: per_shape[s], "lr": settings["lr"]},
+                                "tried": [{batch_key: t["setting"], "lr": settings["lr"],
+                                           "final_loss": final_loss(t["record"]["evals"]),
+                                           "flops_to_target": first_crossing(t["record"]["evals"], headline)[0]}
+                                          for t in tried[s]]} for s in names}
+    start_loss = max(r["initial"]["loss"] for r in tune_records.values())
+    plan = None
     try:
-        plan = plan_schedule(laws, target) if laws else None
-        if plan is None:
+        if not laws:
             raise ValueError("no law could be fitted")
+        plan = ak_schedule.optimal_schedule(laws, targets[-1], start_loss=start_loss,
+                                            switch_jump={k: v for k, v in jumps.items() if k[0] in laws
+                                                         and k[1] in laws}, order=[s for s in names if s in laws])
     except ValueError as error:
-        plan = None
         summary["plan_error"] = str(error)
     if plan is not None:
-        schedule = ShapeSchedule.from_plan(plan)
-        summary["plan"] = plan.to_dict()
-        run_config = RunConfig(**{**vars(config), "stop_at_loss": target,
-                                  "progress_desc": "adaptive " + "->".join(schedule.shapes)})
-        result = train_run(task, schedule, run_config, os.path.join(out, "adaptive"), device=device, resume=resume)
-        crossing, how = first_crossing(result.evals, target)
-        switches = [(end, nxt) for (_, end), (nxt, _) in zip(schedule.segments, schedule.segments[1:])
-                    if end <= result.compute]
-        adaptive = {"evals": result.evals, "switches": switches, "crossing": crossing, "how": how}
-        summary["adaptive"] = {
-            "flops_to_target": crossing, "crossing": how, "planned_flops": plan.total_compute,
-            "final_loss": curve(result.evals)[1][-1] if result.evals else None, "steps": result.steps,
-            "compute": result.compute, "seconds": result.seconds, "stopped": result.stopped,
-            "schedule": [{"shape": s, "compute_end": None if np.isinf(e) else e} for s, e in schedule.segments],
-            "switches": switches, "evals": result.evals, "ledger": result.ledger.to_dict()}
-    summary["verdict"] = compare(static_crossings, adaptive["crossing"] if adaptive else None, static_how=static_how,
-                                 adaptive_how=adaptive["how"] if adaptive else None,
-                                 no_adaptive_run=summary.get("plan_error"))
+        predicted = {t: plan.compute_at(t, laws) for t in targets}
+        summary["plan"] = {**plan.to_dict(), "trigger": switch_on, "predicted_flops": predicted[headline],
+                           "predicted_flops_by_target": [{"loss": t, "flops": predicted[t]} for t in targets]}
+    # dense evals once the smoothed training loss is halfway from the start to the highest
+    # target: the moving average lags, so the margin must cover its lag before the first crossing
+    dense_below = targets[0] + 0.5 * (start_loss - targets[0])
+
+    # 6. measured runs
+    static, adaptive = {s: [] for s in names}, []
+    lr = {s: settings["lr"] for s in names}
+    for n, run_seed in enumerate(seed_list):
+        task = make_task(model, settings, images=images, text=text, seed=run_seed, per_shape=per_shape)
+        config = RunConfig(seed=run_seed, dense_below=dense_below, dense_ratio=settings["dense_ratio"], **common)
+        for shape in names:
+            static[shape].append(run(task, ShapeSchedule.static(shape), config,
+                                     os.path.join(out, f"seed{run_seed}", shape), f"seed {run_seed} static {shape}"))
+        if plan is not None:
+            schedule = ShapeSchedule.from_plan(plan, trigger=switch_on)
+            config = RunConfig(**{**vars(config), "lr": lr, "stop_at_loss": targets[-1]})
+            adaptive.append(run(task, schedule, config, os.path.join(out, f"seed{run_seed}", "adaptive"),
+                                f"seed {run_seed} adaptive {'->'.join(schedule.shapes)}"))
+
+    # 7. oracle: best single switch point, first seed
+    oracle = []
+    if plan is not None:
+        # the plan's switch; when it plans none, the plan's shape to the next shape in the order
+        # whose tuning run ended lowest (where a single forward switch could pay off)
+        first = plan.segments[0].shape
+        later = names[names.index(first) + 1:]
+        last = plan.segments[-1].shape if len(plan.segments) > 1 else (
+            min(later, key=lambda s: final_loss(tune_records[s]["evals"])) if later else None)
+        if last is None:  # the plan starts on the last shape of the order: nothing to switch to
+            first, last = names[0], first
+        entry = target_entry(headline, True, static, adaptive)
+        reference = entry["static_flops"][entry["best_static_shape"]][0] or budget
+        task = make_task(model, settings, images=images, text=text, seed=seed_list[0], per_shape=per_shape)
+        config = RunConfig(seed=seed_list[0], dense_below=dense_below, dense_ratio=settings["dense_ratio"],
+                           **{**common, "lr": lr, "stop_at_loss": headline})
+        for fraction in np.linspace(0.1, 0.6, int(settings["oracle_points"])):
+            switch = float(fraction * reference)
+            record = run(task, ShapeSchedule(((first, switch), (last, None))), config,
+                         os.path.join(out, "oracle", f"{first}-{last}-{fraction:.2f}"),
+                         f"oracle {first}->{last} at {switch:.3g}")
+            oracle.append({"from": first, "to": last, "switch_flops": switch, "record": record,
+                           "flops_to_headline": first_crossing(record["evals"], headline)[0]})
+
+    # 8. report
+    summary["targets"] = [target_entry(t, t == headline, static, adaptive) for t in targets]
+    reached = [o for o in oracle if o["flops_to_headline"] is not None]
+    best_oracle = min(reached, key=lambda o: o["flops_to_headline"]) if reached else None
+    head = next(t for t in summary["targets"] if t["headline"])
+    static_first = head["static_flops"][head["best_static_shape"]][0]
+    summary["oracle"] = {
+        "seed": seed_list[0], "tried": [{k: v for k, v in o.items() if k != "record"} for o in oracle],
+        "best": None if best_oracle is None else {k: v for k, v in best_oracle.items() if k != "record"},
+        "best_savings": (None if best_oracle is None or not static_first
+                         else 1.0 - best_oracle["flops_to_headline"] / static_first)}
+    all_runs = ([t["record"] for ts in tried.values() for t in ts] + [r for rs in static.values() for r in rs]
+                + adaptive + [o["record"] for o in oracle])
+    summary["excluded_flops"] = {
+        "eval": int(sum(_eval_flops(r) for r in all_runs)),
+        "sweep": int(sum(t["record"]["compute"] for ts in tried.values() for t in ts)
+                     + sum(o["record"]["compute"] for o in oracle)),
+        "sweep_tuning": int(sum(t["record"]["compute"] for ts in tried.values() for t in ts)),
+        "sweep_oracle": int(sum(o["record"]["compute"] for o in oracle))}
+    summary["runs"] = {"static": {s: [_brief(r) for r in rs] for s, rs in static.items()},
+                       "adaptive": [_brief(r) for r in adaptive],
+                       "tuning": {s: [_brief(t["record"]) for t in ts] for s, ts in tried.items()}}
+    summary["eval_noise"] = {"held_out": settings["num_eval"],
+                             "stderr_at_end": spread([r["evals"][-1].get("stderr") for rs in static.values()
+                                                      for r in rs if r["evals"]])}
+    summary["verdict"] = verdict(summary)
     summary["seconds"] = time.perf_counter() - started
     if main:
         summary_path = os.path.join(out, "summary.json")
         summary["files"] = {"summary": summary_path,
-                            "plot": plot_demo(records, laws, adaptive, target, os.path.join(out, "demo.png"),
-                                              title=_title(summary))}
+                            "plot": plot_demo(summary, laws, os.path.join(out, "demo.png"))}
         write_json(summary_path, summary)
     say("")
     say(table(summary))
@@ -158,10 +302,7 @@ def run_demo(model: str = "vit", *, images=None, text=None, shapes=None, budget=
     return summary
 
 
-def _title(summary) -> str:
-    v = summary["verdict"]
-    if v["savings"] is None:
-        return "adaptive vs static: " + v["claim"][:90]
-    change = f"{100 * v['savings']:.1f}% fewer" if v["savings"] >= 0 else f"{-100 * v['savings']:.1f}% more"
-    return (f"exact FLOPs to loss {summary['target_loss']:.3f}: adaptive {v['adaptive_flops']:.3g} vs best static "
-            f"{v['best_static_shape']} {v['best_static_flops']:.3g} ({change})")
+def _brief(record) -> dict:
+    """What the report keeps of a run: its evals, start, switches, compute and ledger."""
+    return {k: record.get(k) for k in ("evals", "initial", "switches", "steps", "compute", "stopped", "seconds",
+                                       "schedule", "ledger")}

@@ -11,6 +11,19 @@ schedule. (Constant rates lose a little final loss to a cooldown; Hägele et al.
 "Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations", show that a
 short cooldown recovers it. Every run here is treated alike, so comparisons stay fair.)
 
+Evals: at step 0 (the fresh model's loss, ``RunResult.initial``: the anchor of the laws and
+the plan's start), at the log-spaced points of ``RunConfig.points()``, and, once the
+smoothed training loss is at or below ``dense_below``, whenever the compute has grown by
+``dense_ratio`` since the last eval (so the evals are at most that far apart where the
+targets are crossed). The smoothed training loss is a bias-corrected exponential moving
+average over ``smooth_steps`` steps, reset at every shape switch (it drives loss-triggered
+switches; one host sync per step reads the loss). At a shape switch the model is evaluated
+at the old and the new shape (the measured loss jump, ``RunResult.switches``).
+
+Per-shape hyper-parameters: ``RunConfig.lr`` may be a dict {shape: lr}; batch sizes per
+shape belong to the task (``VisionTask(batch_size={...})``), so an adaptive run trains
+every segment with its shape's tuned settings.
+
 Files written to ``out_dir`` (by rank 0): ``metrics.jsonl`` (train loss every
 ``log_every`` steps), ``evals.jsonl`` (one row per eval), ``ledger.json`` (FLOPs per shape
 and phase, summed over ranks), ``checkpoint.pt`` and, when the run ends, ``summary.json``.
@@ -46,11 +59,18 @@ class RunConfig:
     max_steps: also stop after this many steps (a pause: a later call resumes).
     measure_every_step: count every step under FlopCounterMode instead of once per FLOP
         signature (slow; the tests use it to prove the cache exact).
+    lr: a float, or {shape: lr} (every shape the run trains at).
+    dense_below, dense_ratio: extra evals once the smoothed training loss is at or below
+        ``dense_below``, every time the compute has grown by ``dense_ratio``.
+    cross_eval_shapes, cross_eval_after: at evals past ``cross_eval_after * budget`` also
+        evaluate at these shapes (row["cross"] = {shape: loss}): the loss jump a switch to
+        them would cause, measured before any adaptive run.
+    smooth_steps: time constant (steps) of the smoothed training loss.
     """
 
     budget: int
     seed: int = 0
-    lr: float = 2e-3
+    lr: object = 2e-3
     warmup_steps: int = 30
     weight_decay: float = 0.05
     grad_clip: float = 1.0
@@ -58,6 +78,11 @@ class RunConfig:
     first_eval_fraction: float = 0.01
     eval_points: Optional[tuple] = None
     eval_shape: Optional[str] = None
+    dense_below: Optional[float] = None
+    dense_ratio: float = 1.1
+    cross_eval_shapes: tuple = ()
+    cross_eval_after: float = 0.5
+    smooth_steps: int = 32
     stop_at_loss: Optional[float] = None
     max_steps: Optional[int] = None
     checkpoint_every: int = 200
@@ -85,6 +110,8 @@ class RunResult:
     stopped: str               # "budget", "target", "max_steps"
     seconds: float
     summary: dict = field(default_factory=dict)
+    initial: dict = field(default_factory=dict)    # the step-0 eval: {"loss", "stderr", "shape"}
+    switches: list = field(default_factory=list)   # [{"step", "compute", "from", "to", "loss_before", "loss_after"}]
 
 
 def run_identity(task, schedule: ShapeSchedule, config: RunConfig) -> dict:
@@ -96,8 +123,9 @@ def run_identity(task, schedule: ShapeSchedule, config: RunConfig) -> dict:
                                   "world_size": distributed.world_size()}))
 
 
-def _lr_at(config: RunConfig, step: int) -> float:
-    return config.lr * min(1.0, (step + 1) / max(config.warmup_steps, 1))
+def _lr_at(config: RunConfig, step: int, shape=None) -> float:
+    lr = config.lr[shape] if isinstance(config.lr, dict) else config.lr
+    return lr * min(1.0, (step + 1) / max(config.warmup_steps, 1))
 
 
 def train_run(task, schedule: ShapeSchedule, config: RunConfig, out_dir, *, device="cpu",
@@ -115,10 +143,11 @@ def train_run(task, schedule: ShapeSchedule, config: RunConfig, out_dir, *, devi
     os.makedirs(out_dir, exist_ok=True)
     identity = run_identity(task, schedule, config)
     model = task.build_model(config.seed).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98),
+    optimizer = torch.optim.AdamW(model.parameters(), lr=_lr_at(config, 10**9, schedule.segments[0][0]), betas=(0.9, 0.98),
                                   weight_decay=config.weight_decay)
     ledger, flops = FlopLedger(), SignatureFlopCache(device)
-    state = {"step": 0, "compute": 0, "next_eval": 0, "evals": [], "stopped": None, "seconds": 0.0}
+    state = {"step": 0, "compute": 0, "next_eval": 0, "evals": [], "stopped": None, "seconds": 0.0,
+             "segment": 0, "smooth": [0.0, 0.0], "initial": None, "switches": [], "last_eval": 0}
     metrics = JsonLines(os.path.join(out_dir, "metrics.jsonl"))
     eval_log = JsonLines(os.path.join(out_dir, "evals.jsonl"))
     ckpt = checkpoint.load(out_dir, identity) if resume else None
@@ -145,9 +174,23 @@ def train_run(task, schedule: ShapeSchedule, config: RunConfig, out_dir, *, devi
     bar = _progress(config, state["compute"], schedule) if distributed.is_main() else None
     started = time.perf_counter() - state["seconds"]
     last_saved = state["step"]
+    decay = 1.0 - 1.0 / max(config.smooth_steps, 1)
+
+    def run_eval(shape, with_error=False):
+        state["eval_calls"] = state.get("eval_calls", 0) + 1  # the ledger's eval "step": increasing
+        return evaluate(task, model, shape, ledger, state["eval_calls"], flops, device, with_error=with_error)
+
+    def smoothed():
+        ema, weight = state["smooth"]
+        return ema / weight if weight else None
+
     # The models build cu_seqlens from Python ints (valid by construction): checking their
     # values would cost a host sync in every attention call of every step.
     with validation(False):
+        if state["initial"] is None:  # the fresh model's loss: the anchor of the laws
+            shape0 = config.eval_shape or schedule.segments[0][0]
+            loss0, err0 = run_eval(shape0, with_error=True)
+            state["initial"] = {"loss": loss0, "stderr": err0, "shape": shape0}
         while state["stopped"] is None:
             if state["compute"] >= config.budget:
                 state["stopped"] = "budget"
@@ -155,10 +198,18 @@ def train_run(task, schedule: ShapeSchedule, config: RunConfig, out_dir, *, devi
             if config.max_steps is not None and state["step"] >= config.max_steps:
                 break  # a pause, not an end: the run can be resumed
             step = state["step"]
-            shape = schedule.shape_at(state["compute"])
+            index = schedule.index_at(state["compute"], smoothed(), state["segment"])
+            if index != state["segment"]:
+                old, new = schedule.segments[state["segment"]][0], schedule.segments[index][0]
+                state["switches"].append({"step": step, "compute": state["compute"], "from": old, "to": new,
+                                          "loss_before": run_eval(config.eval_shape or old),
+                                          "loss_after": run_eval(config.eval_shape or new),
+                                          "smoothed_train_loss": smoothed()})
+                state["segment"], state["smooth"] = index, [0.0, 0.0]
+            shape = schedule.segments[state["segment"]][0]
             batch = task.train_batch(step, shape, rank, world, device)
             for group in optimizer.param_groups:
-                group["lr"] = _lr_at(config, step)
+                group["lr"] = _lr_at(config, step, shape)
             signature = (shape, tuple(task.signature(step, shape, r, world) for r in range(world)))
             with flops.step(ledger, step, shape, signature, samples=batch.samples, tokens=batch.tokens,
                             fresh=config.measure_every_step) as counter:
@@ -170,24 +221,35 @@ def train_run(task, schedule: ShapeSchedule, config: RunConfig, out_dir, *, devi
             optimizer.zero_grad(set_to_none=True)
             state["compute"] += counter.global_flops
             state["step"] = step + 1
+            loss_value = distributed.sum_floats([float(loss.detach())], device)[0] / world
+            ema, weight = state["smooth"]
+            state["smooth"] = [decay * ema + (1 - decay) * loss_value, decay * weight + (1 - decay)]
             if distributed.is_main() and (step % config.log_every == 0):
-                row = {"step": step + 1, "shape": shape, "compute": state["compute"], "loss": float(loss.detach()),
-                       "lr": _lr_at(config, step), "seconds": round(time.perf_counter() - started, 3)}
+                row = {"step": step + 1, "shape": shape, "compute": state["compute"], "loss": loss_value,
+                       "smoothed": smoothed(), "lr": _lr_at(config, step, shape),
+                       "seconds": round(time.perf_counter() - started, 3)}
                 metrics.write(row)
                 if bar is not None:
-                    bar.set_postfix(shape=shape, loss=f"{row['loss']:.3f}", refresh=False)
+                    bar.set_postfix(shape=shape, loss=f"{smoothed():.3f}", refresh=False)
             if bar is not None:
                 bar.update(min(state["compute"], config.budget) / 1e9 - bar.n)
             crossed = False
             while state["next_eval"] < len(points) and state["compute"] >= points[state["next_eval"]]:
                 state["next_eval"] += 1
                 crossed = True
+            if (config.dense_below is not None and smoothed() <= config.dense_below
+                    and state["compute"] >= state["last_eval"] * config.dense_ratio):
+                crossed = True
             if crossed:
                 eval_shape = config.eval_shape or shape
-                loss_eval = evaluate(task, model, eval_shape, ledger, len(state["evals"]), flops, device)
-                row = {"step": state["step"], "compute": state["compute"], "loss": loss_eval, "shape": eval_shape,
-                       "train_shape": shape, "seconds": round(time.perf_counter() - started, 3)}
+                loss_eval, stderr = run_eval(eval_shape, with_error=True)
+                row = {"step": state["step"], "compute": state["compute"], "loss": loss_eval, "stderr": stderr,
+                       "shape": eval_shape, "train_shape": shape, "smoothed_train_loss": smoothed(),
+                       "seconds": round(time.perf_counter() - started, 3)}
+                if config.cross_eval_shapes and state["compute"] >= config.cross_eval_after * config.budget:
+                    row["cross"] = {s: run_eval(s) for s in config.cross_eval_shapes if s != eval_shape}
                 state["evals"].append(row)
+                state["last_eval"] = state["compute"]
                 if distributed.is_main():
                     eval_log.write(row)
                 if config.stop_at_loss is not None and loss_eval <= config.stop_at_loss:
@@ -202,11 +264,12 @@ def train_run(task, schedule: ShapeSchedule, config: RunConfig, out_dir, *, devi
     save()
     total = ledger.sum_across_ranks()
     result = RunResult(state["evals"], total, state["step"], state["compute"], state["stopped"] or "max_steps",
-                       state["seconds"])
+                       state["seconds"], initial=state["initial"], switches=state["switches"])
     if distributed.is_main():
         total.save(os.path.join(out_dir, "ledger.json"))
         result.summary = {"identity": identity, "steps": result.steps, "compute": result.compute,
                           "stopped": result.stopped, "seconds": round(result.seconds, 3), "evals": result.evals,
+                          "initial": result.initial, "switches": result.switches,
                           "flops_by_shape": total.by_shape(), "flops_by_phase": total.by_phase()}
         if state["stopped"] is not None:
             write_json(os.path.join(out_dir, "summary.json"), result.summary)

@@ -1,70 +1,88 @@
-"""The demo's figure: held-out loss vs exact training FLOPs of every static run, their
-fitted laws, the adaptive run (with its shape switches) and the target loss."""
+"""The demo's figure: (left) held-out loss vs exact training FLOPs of every measured run --
+each static shape per seed, the adaptive run per seed with its switch points -- with the
+targets; (right) the adaptive run's savings over the best tuned static shape at every
+target (mean over seeds, min-max bars), with the plan's prediction and the oracle."""
 
 import numpy as np
 
 from .adaptive import curve
 
 
-def plot_demo(records: dict, laws: dict, adaptive: dict, target: float, path, *, title: str = None) -> str:
-    """Write a PNG to ``path``.
-
-    Args:
-        records: {shape: sweep record} (``evals`` rows with compute and loss).
-        laws: {shape: fitted law} (may miss shapes whose fit failed).
-        adaptive: {"evals": [...], "switches": [(compute, shape), ...], "crossing": float|None}
-            or None when there was no adaptive run.
-        target: the target loss (None: no line).
-    """
+def plot_demo(summary: dict, laws: dict, path) -> str:
+    """Write a PNG of a demo ``summary`` to ``path``; ``laws``: {shape: law} drawn dashed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
-    fig = Figure(figsize=(8, 5), layout="constrained")
+    fig = Figure(figsize=(13, 5), layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    ax, bx = fig.subplots(1, 2, width_ratios=[1.6, 1])
     colors = {}
     lo, hi = np.inf, 0.0
-    for i, (shape, record) in enumerate(records.items()):
-        compute, loss = curve(record["evals"])
-        if not len(compute):
-            continue
-        # zorder 3: drawn over the adaptive line, which follows a static run until its first switch
-        line, = ax.plot(compute, loss, "o-", ms=4, lw=1.2, alpha=0.85, label=f"static {shape}", zorder=3)
-        colors[shape] = line.get_color()
-        lo, hi = min(lo, compute.min()), max(hi, compute.max())
-        if record.get("crossing"):
-            ax.plot([record["crossing"]], [target], "*", ms=12, color=line.get_color(), mec="black", mew=0.5)
+    for shape, runs in summary["runs"]["static"].items():
+        for n, run in enumerate(runs):
+            compute, loss = curve(run["evals"])
+            if not len(compute):
+                continue
+            kw = {"color": colors[shape]} if shape in colors else {}
+            line, = ax.plot(compute, loss, "-", lw=1.1, alpha=0.8, label=f"static {shape}" if n == 0 else None, **kw)
+            colors[shape] = line.get_color()
+            lo, hi = min(lo, compute.min()), max(hi, compute.max())
     grid = np.geomspace(lo, hi, 200) if np.isfinite(lo) else None
     for shape, law in laws.items():
         if grid is not None:
-            ax.plot(grid, np.asarray(law.predict(grid), dtype=float), "--", lw=1, color=colors.get(shape, "grey"),
-                    alpha=0.8)
-    ax.plot([], [], "--", color="grey", lw=1, label="fitted law c + a (C + d)^-b")
-    if adaptive and adaptive.get("evals"):
-        compute, loss = curve(adaptive["evals"])
-        ax.plot(compute, loss, "s-", color="black", lw=2.6, ms=5, label="adaptive (dotted: shape switches)", zorder=2)
-        lo, hi = min(lo, compute.min()), max(hi, compute.max())
-        for where, shape in adaptive.get("switches", []):
-            if lo / 1.5 <= where <= hi * 1.5:  # inside the drawn range
-                ax.axvline(where, color="black", ls=":", lw=1)
-                ax.annotate(f"to {shape}", (where, 0.02), xycoords=("data", "axes fraction"), xytext=(3, 0),
-                            textcoords="offset points", fontsize=8)
-        if adaptive.get("crossing"):
-            ax.plot([adaptive["crossing"]], [target], "*", ms=15, color="black", label="first reaches target")
-    if target is not None:
-        ax.axhline(target, color="grey", ls="-.", lw=1, label=f"target loss {target:.3f}")
+            ax.plot(grid, np.asarray(law.predict(grid), dtype=float), "--", lw=0.9, color=colors.get(shape, "grey"),
+                    alpha=0.7)
+    ax.plot([], [], "--", color="grey", lw=0.9, label="law (tuning run)")
+    for n, run in enumerate(summary["runs"]["adaptive"]):
+        compute, loss = curve(run["evals"])
+        if len(compute):
+            ax.plot(compute, loss, "-", color="black", lw=2.0, label="adaptive" if n == 0 else None, zorder=4)
+        for sw in run.get("switches") or []:
+            ax.plot([sw["compute"]], [sw["loss_before"]], "o", color="black", ms=6, zorder=5,
+                    label="switch" if n == 0 and sw is run["switches"][0] else None)
+            ax.plot([sw["compute"], sw["compute"]], [sw["loss_before"], sw["loss_after"]], "-", color="black", lw=1)
+    for t in summary.get("targets", []):
+        ax.axhline(t["loss"], color="grey", ls="-." if t["headline"] else ":", lw=1)
     ax.set_xscale("log")
-    ax.set_yscale("log")  # the low-loss end, where the target sits, stays readable
-    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
     if np.isfinite(lo):
-        ax.set_xlim(lo / 1.5, hi * 1.5)
-    ax.set_xlabel("exact training FLOPs (FlopCounterMode, summed over ranks)")
+        ax.set_xlim(lo / 1.3, hi * 1.3)
+    ax.set_xlabel("exact training FLOPs (ledger)")
     ax.set_ylabel("held-out loss")
-    ax.set_title(title or "loss vs exact compute: static shapes, fitted laws, adaptive run", fontsize=10)
+    ax.set_title(f"every measured run, seeds {summary['seeds']} (targets: dotted, headline: dash-dot)", fontsize=9)
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8, loc="lower left")
-    fig.savefig(path, dpi=120)
+    ax.legend(fontsize=7, loc="upper right")
+
+    targets = summary.get("targets", [])
+    xs = [t["loss"] for t in targets if t["savings"]["mean"] is not None]
+    means = [100 * t["savings"]["mean"] for t in targets if t["savings"]["mean"] is not None]
+    low = [100 * (t["savings"]["mean"] - t["savings"]["min"]) for t in targets if t["savings"]["mean"] is not None]
+    high = [100 * (t["savings"]["max"] - t["savings"]["mean"]) for t in targets if t["savings"]["mean"] is not None]
+    if xs:
+        bx.errorbar(xs, means, yerr=[low, high], fmt="o-", color="black", capsize=3, label="measured (mean, min-max)")
+    plan = summary.get("plan")
+    if plan:
+        pred = []
+        for row in plan.get("predicted_flops_by_target", []):
+            t = next(t for t in targets if t["loss"] == row["loss"])
+            st = [v for v in t["static_flops"][t["best_static_shape"]] if v is not None]
+            if st:
+                pred.append((row["loss"], 100 * (1 - row["flops"] / np.mean(st))))
+        if pred:
+            bx.plot(*zip(*pred), "s--", color="tab:blue", ms=4, label="plan's prediction vs measured static")
+    oracle = summary.get("oracle", {}).get("best_savings")
+    head = next((t for t in targets if t["headline"]), None)
+    if oracle is not None and head is not None:
+        bx.plot([head["loss"]], [100 * oracle], "*", color="tab:red", ms=12, label=f"oracle single switch (seed {summary['oracle']['seed']})")
+    bx.axhline(0, color="grey", lw=1)
+    if head is not None:
+        bx.axvline(head["loss"], color="grey", ls="-.", lw=1)
+    bx.invert_xaxis()
+    bx.set_xlabel("target loss (harder to the right)")
+    bx.set_ylabel("saving vs best tuned static shape (%)")
+    bx.set_title(summary["verdict"]["claim"][:110] + ("..." if len(summary["verdict"]["claim"]) > 110 else ""),
+                 fontsize=7)
+    bx.grid(True, alpha=0.25)
+    if bx.get_legend_handles_labels()[0]:
+        bx.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
     return path

@@ -2,85 +2,91 @@
 
 import math
 
-from .adaptive import FIRST_EVAL
 
 
 def _fmt(x, spec=".3e"):
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
-def compare(static: dict, adaptive_crossing, *, static_how=None, adaptive_how=None, no_adaptive_run=None):
-    """The verdict from the measured numbers alone.
+def _pct(x):
+    return "-" if x is None else f"{100 * x:+.1f}%"
 
-    static: {shape: FLOPs to target or None}; adaptive_crossing: FLOPs or None;
-    static_how / adaptive_how: ``first_crossing``'s "how" of each ({shape: how} / str; None:
-    interpolated). A crossing "at first eval" is only an upper bound (the curve was already
-    below the target at its first eval), so when a static shape that reached the target or
-    the adaptive run has one, neither a saving nor a winner is claimed.
-    no_adaptive_run: why there is no adaptive run (the plan failed), or None.
-    Returns {"best_static_shape", "best_static_flops", "adaptive_flops", "savings",
-    "adaptive_wins", "claim"}: savings = 1 - adaptive / best static; the claim says in
-    words what the numbers say, whichever way they point.
-    """
-    reached = {s: c for s, c in static.items() if c is not None}
-    best = min(reached, key=reached.get) if reached else None
-    best_flops = reached.get(best)
-    out = {"best_static_shape": best, "best_static_flops": best_flops, "adaptive_flops": adaptive_crossing,
-           "savings": None, "adaptive_wins": None}
-    bounds = [f"static {s}" for s in reached if (static_how or {}).get(s) == FIRST_EVAL]
-    if adaptive_crossing is not None and adaptive_how == FIRST_EVAL:
-        bounds.append("adaptive")
-    if no_adaptive_run is not None:
-        out["claim"] = f"no adaptive run: {no_adaptive_run}"
-    elif best is None and adaptive_crossing is None:
-        out["claim"] = "neither the static shapes nor the adaptive run reached the target loss"
-    elif best is None:
-        out["adaptive_wins"] = True
-        out["claim"] = (f"the adaptive run reached the target with {adaptive_crossing:.4g} FLOPs; no static shape "
-                        "reached it within the sweep budget")
-    elif adaptive_crossing is None:
-        out["adaptive_wins"] = False
-        out["claim"] = (f"the adaptive run did NOT reach the target loss within its budget; the best static shape "
-                        f"{best} reached it with {best_flops:.4g} FLOPs")
-    elif bounds:
-        out["claim"] = (f"the target was reached at the first eval ({', '.join(bounds)}): those FLOPs to target are "
-                        "only upper bounds, so no comparison is claimed")
+
+def verdict(summary: dict) -> dict:
+    """The headline verdict from the measured numbers alone: savings at the headline target
+    (mean, min, max over seeds), the plan's predicted FLOPs against the measured mean, the
+    oracle's best single switch, and a claim in words, whichever way the numbers point."""
+    if "plan" not in summary:
+        return {"headline_target": None, "savings_mean": None, "savings_min": None, "savings_max": None,
+                "claim": f"no adaptive run: {summary.get('plan_error', 'no plan')}"}
+    head = next(t for t in summary["targets"] if t["headline"])
+    sv = head["savings"]
+    measured = [a for a in head["adaptive_flops"] if a is not None]
+    predicted = summary["plan"]["predicted_flops"]
+    out = {"headline_target": head["loss"], "best_static_shape": head["best_static_shape"],
+           "savings_mean": sv["mean"], "savings_min": sv["min"], "savings_max": sv["max"], "seeds_compared": sv["n"],
+           "savings_per_seed": head["savings_per_seed"], "predicted_flops": predicted,
+           "measured_flops_mean": float(sum(measured) / len(measured)) if measured else None}
+    out["prediction_error"] = (None if not measured else out["measured_flops_mean"] / predicted - 1.0)
+    n_seeds = len(summary["seeds"])
+    if sv["n"] == 0:
+        missing = "the adaptive run" if not measured else f"the best static shape {head['best_static_shape']}"
+        out["claim"] = (f"no saving can be measured at the headline target loss {head['loss']:.4f}: {missing} did not "
+                        f"reach it")
     else:
-        out["savings"] = 1.0 - adaptive_crossing / best_flops
-        out["adaptive_wins"] = adaptive_crossing < best_flops
-        if adaptive_crossing == best_flops:
-            out["claim"] = (f"the adaptive run did NOT beat the best static shape: it needed the same "
-                            f"{adaptive_crossing:.4g} exact FLOPs to reach the target as {best}")
-        elif out["adaptive_wins"]:
-            out["claim"] = (f"the adaptive run reached the target with {adaptive_crossing:.4g} exact FLOPs, "
-                            f"{100 * out['savings']:.1f}% fewer than the best static shape {best} "
-                            f"({best_flops:.4g})")
-        else:
-            out["claim"] = (f"the adaptive run did NOT beat the best static shape: it needed {adaptive_crossing:.4g} "
-                            f"exact FLOPs to reach the target, the best static shape {best} {best_flops:.4g} "
-                            f"({-100 * out['savings']:.1f}% more)")
+        amount = ("as many exact training FLOPs as" if sv["mean"] == 0 else
+                  f"{100 * abs(sv['mean']):.1f}% {'fewer' if sv['mean'] > 0 else 'MORE'} exact training FLOPs than")
+        out["claim"] = (f"at the headline target loss {head['loss']:.4f} the adaptive run needed {amount} "
+                        f"the best tuned static shape "
+                        f"{head['best_static_shape']} (mean over {sv['n']} of {n_seeds} seeds; per seed "
+                        f"{', '.join(_pct(x) for x in head['savings_per_seed'])} saved); the plan predicted "
+                        f"{predicted:.3g} FLOPs, measured {out['measured_flops_mean']:.3g} "
+                        f"({_pct(out['prediction_error'])})")
+        if sv["mean"] <= 0:
+            out["claim"] = "the adaptive run did NOT beat the best tuned static shape: " + out["claim"]
+    oracle = summary.get("oracle", {}).get("best_savings")
+    if oracle is not None:
+        out["claim"] += f"; best single switch (oracle, seed {summary['oracle']['seed']}): {_pct(oracle)} saved"
     return out
 
 
 def table(summary: dict) -> str:
-    """The printed table of a demo summary."""
-    target = summary["target_loss"]
-    lines = [f"target loss {target:.4f}  ({summary['target_rule']})", ""]
-    head = f"{'run':<10} {'FLOPs to target':>16} {'how':>14} {'law predicts':>13} {'final loss':>11} " \
-           f"{'steps':>7} {'seconds':>8}"
+    """The printed report of a demo summary."""
+    lines = []
+    lines.append("tuned static settings (tuning seed %d):" % summary["tune_seed"])
+    for shape, b in summary["baselines"].items():
+        tried = ", ".join(f"{next(iter(t.values()))}: final {t['final_loss']:.4f}" for t in b["tried"])
+        lines.append(f"  {shape:<7} chosen {b['chosen']}   tried {tried}")
+    lines.append("laws (anchored at the step-0 loss; fitted after the warmup):")
+    for shape, law in summary["laws"].items():
+        params = ", ".join(f"{k}={v:.3g}" for k, v in (law["params"] or {}).items())
+        rms = "-" if law["rms_log_residual"] is None else f"{law['rms_log_residual']:.3f}"
+        note = f"  [{law['problem']}]" if law["problem"] else ""
+        lines.append(f"  {shape:<7} {params}  rms log residual {rms}  used: {law['used']}{note}")
+    if summary.get("switch_jumps"):
+        lines.append("measured switch jumps: " + ", ".join(f"{k} {v:+.3f}" for k, v in summary["switch_jumps"].items()))
+    plan = summary.get("plan")
+    if plan:
+        lines.append(f"plan ({plan['trigger']} trigger): " + "  ->  ".join(
+            f"{seg['shape']} to loss {seg['loss_end']:.3f} ({seg['compute']:.3g} FLOPs)" for seg in plan["segments"]))
+    lines.append("")
+    head = f"{'target':>8} {'best static':>11} {'static FLOPs (mean)':>20} {'adaptive (mean)':>16} " \
+           f"{'savings mean [min, max]':>26} {'per seed':>24} {'eval gap':>8}"
     lines += [head, "-" * len(head)]
-    for shape, row in summary["static"].items():
-        lines.append(f"{shape:<10} {_fmt(row['flops_to_target']):>16} {row['crossing']:>14} "
-                     f"{_fmt(row.get('law_flops_to_target')):>13} {_fmt(row['final_loss'], '.4f'):>11} "
-                     f"{row['steps']:>7} {row['seconds']:>8.1f}")
-    ad = summary.get("adaptive")
-    if ad:
-        lines.append(f"{'adaptive':<10} {_fmt(ad['flops_to_target']):>16} {ad['crossing']:>14} "
-                     f"{_fmt(ad.get('planned_flops')):>13} {_fmt(ad['final_loss'], '.4f'):>11} "
-                     f"{ad['steps']:>7} {ad['seconds']:>8.1f}")
-        lines.append("")
-        lines.append("adaptive schedule: " + "  ->  ".join(
-            f"{seg['shape']} until {_fmt(seg['compute_end'], '.3g') if seg['compute_end'] else 'the end'}"
-            for seg in ad["schedule"]))
-    lines += ["", f"verdict: {summary['verdict']['claim']}"]  # says "no adaptive run: ..." when planning failed
+    for t in summary.get("targets", []):
+        st = [v for v in t["static_flops"][t["best_static_shape"]] if v is not None]
+        ad = [v for v in t["adaptive_flops"] if v is not None]
+        sv = t["savings"]
+        span = "-" if sv["mean"] is None else f"{_pct(sv['mean'])} [{_pct(sv['min'])}, {_pct(sv['max'])}]"
+        gap = "-" if t["max_eval_ratio_at_crossings"] is None else f"{t['max_eval_ratio_at_crossings']:.2f}x"
+        lines.append(f"{t['loss']:>8.4f}{'*' if t['headline'] else ' '}{t['best_static_shape']:>10} "
+                     f"{_fmt(sum(st) / len(st) if st else None):>20} {_fmt(sum(ad) / len(ad) if ad else None):>16} "
+                     f"{span:>26} {' '.join(_pct(x) for x in t['savings_per_seed']):>24} {gap:>8}")
+    lines.append("(* headline; savings = 1 - adaptive / best static per seed, exact training FLOPs to the first "
+                 "crossing, interpolated between evals)")
+    ex = summary.get("excluded_flops")
+    if ex:
+        lines.append(f"not in the counts above: evals {ex['eval']:.3g} FLOPs, sweeps {ex['sweep']:.3g} FLOPs "
+                     f"(tuning {ex['sweep_tuning']:.3g}, oracle {ex['sweep_oracle']:.3g})")
+    lines += ["", f"verdict: {summary['verdict']['claim']}"]
     return "\n".join(lines)

@@ -26,6 +26,14 @@ class Batch(NamedTuple):
     tokens: int            # tokens the model processes (patches, or bytes)
 
 
+def _per_shape(setting, name, what):
+    if not isinstance(setting, dict):
+        return setting
+    if name not in setting:
+        raise ValueError(f"{what} has no entry for shape {name!r} (given for {sorted(setting)})")
+    return int(setting[name])
+
+
 def _seeded(seed, build):
     """Build a model under a fixed torch seed without disturbing the caller's RNG."""
     with torch.random.fork_rng(devices=[]):
@@ -52,7 +60,8 @@ class VisionTask:
     Args:
         data: ``SyntheticGlyphs`` or ``ImageFolderData`` (``num_classes``, ``in_chans``,
             ``image_size``, ``train_batch``, ``eval_set``).
-        batch_size: global images per step (split evenly over ranks).
+        batch_size: global images per step (split evenly over ranks): an int, or a dict
+            {shape name: images per step} (tuned per shape; every shape trained needs one).
         eval_batch_size: images per forward pass of the evaluation.
         model: overrides of the PackedViT sizes (dim, depth, num_heads, mlp_ratio,
             base_patch_size, pos_grid).
@@ -62,7 +71,8 @@ class VisionTask:
 
     def __init__(self, data, *, batch_size: int = 64, eval_batch_size: int = 64, model: Optional[dict] = None,
                  backend: Optional[str] = None):
-        self.data, self.batch_size, self.eval_batch_size = data, int(batch_size), int(eval_batch_size)
+        self.data, self.eval_batch_size = data, int(eval_batch_size)
+        self.batch_size = dict(batch_size) if isinstance(batch_size, dict) else int(batch_size)
         self.model_config = dict(dim=64, depth=2, num_heads=4, mlp_ratio=2.0, base_patch_size=8, pos_grid=(8, 8))
         self.model_config.update(model or {})
         self.backend = backend
@@ -93,9 +103,13 @@ class VisionTask:
         return _seeded(seed, lambda: PackedViT(num_classes=self.data.num_classes, in_chans=self.data.in_chans,
                                                backend=self.backend, **self.model_config))
 
+    def batch_for(self, shape) -> int:
+        """Global images per step at ``shape``."""
+        return _per_shape(self.batch_size, self.short_name(shape), "batch_size")
+
     def signature(self, step: int, shape, rank: int, world_size: int):
         """(images on this rank, patch, grid): all a step's FLOPs depend on (uniform batches)."""
-        rows = rank_slice(self.batch_size, rank, world_size)
+        rows = rank_slice(self.batch_for(shape), rank, world_size)
         shape = self.shape(shape)
         return (rows.stop - rows.start, shape.patch, shape.grid)
 
@@ -107,8 +121,8 @@ class VisionTask:
         return images
 
     def train_batch(self, step: int, shape, rank: int, world_size: int, device) -> Batch:
+        images, labels = self.data.train_batch(step, self.batch_for(shape), rank, world_size)
         shape = self.shape(shape)
-        images, labels = self.data.train_batch(step, self.batch_size, rank, world_size)
         n = len(labels)
         return Batch(self._prepare(images, shape, device), labels.to(device, non_blocking=True), n,
                      n * shape.grid ** 2)
@@ -146,7 +160,8 @@ class LMTask:
     Args:
         data: ``SyntheticCopyText`` or ``TextFileData``.
         tokens_per_batch: global predicted tokens per step, whatever the context (so a
-            shorter context means more, shorter windows: the usual LM convention).
+            shorter context means more, shorter windows: the usual LM convention); an int or
+            a dict {shape name: tokens per step}.
         eval_tokens: held-out tokens scored at every evaluation.
         model: overrides of the PackedLM sizes (dim, depth, num_heads, mlp_ratio).
     """
@@ -155,7 +170,8 @@ class LMTask:
 
     def __init__(self, data, *, tokens_per_batch: int = 4096, eval_tokens: int = 8192,
                  eval_batch_tokens: int = 8192, model: Optional[dict] = None, backend: Optional[str] = None):
-        self.data, self.tokens_per_batch = data, int(tokens_per_batch)
+        self.data = data
+        self.tokens_per_batch = dict(tokens_per_batch) if isinstance(tokens_per_batch, dict) else int(tokens_per_batch)
         self.eval_tokens, self.eval_batch_tokens = int(eval_tokens), int(eval_batch_tokens)
         self.model_config = dict(dim=64, depth=2, num_heads=4, mlp_ratio=4.0)
         self.model_config.update(model or {})
@@ -173,9 +189,14 @@ class LMTask:
         if not match or int(match.group(1)) < 1:
             raise ValueError(f"shape {spec!r}: expected a context length like 'ctx128'")
         context = int(match.group(1))
-        if context > self.tokens_per_batch:
-            raise ValueError(f"shape {spec!r}: context {context} exceeds tokens_per_batch={self.tokens_per_batch}")
+        limit = min(self.tokens_per_batch.values()) if isinstance(self.tokens_per_batch, dict) else self.tokens_per_batch
+        if context > limit:
+            raise ValueError(f"shape {spec!r}: context {context} exceeds tokens_per_batch={limit}")
         return ContextShape(context)
+
+    def tokens_for(self, shape) -> int:
+        """Global predicted tokens per step at ``shape``."""
+        return _per_shape(self.tokens_per_batch, self.short_name(shape), "tokens_per_batch")
 
     def short_name(self, shape) -> str:
         return self.shape(shape).name
@@ -186,12 +207,12 @@ class LMTask:
 
     def signature(self, step: int, shape, rank: int, world_size: int):
         """(windows on this rank, context): fixed-length windows, so that is the whole story."""
-        rows = rank_slice(self.tokens_per_batch // self.shape(shape).context, rank, world_size)
+        rows = rank_slice(self.tokens_for(shape) // self.shape(shape).context, rank, world_size)
         return (rows.stop - rows.start, self.shape(shape).context)
 
     def train_batch(self, step: int, shape, rank: int, world_size: int, device) -> Batch:
         context = self.shape(shape).context
-        w = self.data.train_batch(step, self.tokens_per_batch, context, rank, world_size).to(device, non_blocking=True)
+        w = self.data.train_batch(step, self.tokens_for(shape), context, rank, world_size).to(device, non_blocking=True)
         return Batch(w[:, :-1], w[:, 1:], w.shape[0], w.shape[0] * context)
 
     def loss(self, model, batch: Batch, shape, reduction: str = "mean") -> torch.Tensor:
