@@ -359,7 +359,8 @@ def test_switch_jumps_and_order_match_brute_force(seed, ordered):
     grid = _brute_grid(target, plan.start_loss, n=60)
     brute = _brute_force(laws, target, plan.start_loss, 0.0, grid, max_segments=3, jumps=jumps, order=order)
     # the programme switches on its own (finer) grid: it may beat the brute force's grid slightly
-    assert brute * (1 - 2e-2) <= plan.total_compute <= brute * (1 + 1e-9)
+    # upper bound: round-off only (the DP and the brute force sum the same segments in another order)
+    assert brute * (1 - 2e-2) <= plan.total_compute <= brute * (1 + 1e-6)
     assert plan.total_compute >= free.total_compute * (1 - 1e-9)  # jumps never make a plan cheaper
     _check_invariants(plan, laws)
     for prev, nxt in zip(plan.segments, plan.segments[1:]):
