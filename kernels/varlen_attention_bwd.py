@@ -39,6 +39,14 @@ def _preprocess_kernel(Out, dOut, dLse, Delta, stride_ot, stride_oh, stride_dot,
 
 
 @triton.jit
+def probabilities(s, qk_scale, lse):
+    """P = exp2(s * scale - lse) from raw scores and lse in log2 units, at most 1 as a
+    probability is: at a huge scale (1e10) s * scale and lse agree to fewer bits than the
+    exponent needs, and an unclamped exp2 gives inf (then NaN in dS). NaN still propagates."""
+    return tl.math.exp2(tl.minimum(s * qk_scale - lse, 0.0, propagate_nan=tl.PropagateNan.ALL))
+
+
+@triton.jit
 def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, offs_n, offs_d, d_ok,
                  first, first_count, second, count, diag, len_q, qk_scale, lower, upper, HAS_LOWER: tl.constexpr,
                  HAS_UPPER: tl.constexpr, MASKED: tl.constexpr, BLOCK_M: tl.constexpr, NUM_STAGES: tl.constexpr):
@@ -51,8 +59,8 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt,
         do = load_rows(do_base, offs_m.to(tl.int64), stride_dot, offs_d, ok)
         lse = tl.load(lse_base + offs_m, mask=m_ok, other=0.0) * LOG2E_C
         delta = tl.load(delta_base + offs_m, mask=m_ok, other=0.0)
-        s_t = dot(k, tl.trans(q), tl.zeros((k.shape[0], BLOCK_M), dtype=tl.float32)) * qk_scale
-        p_t = tl.math.exp2(s_t - lse[None, :])
+        s_t = dot(k, tl.trans(q), tl.zeros((k.shape[0], BLOCK_M), dtype=tl.float32))
+        p_t = probabilities(s_t, qk_scale, lse[None, :])
         if MASKED:
             p_t = tl.where(visible(offs_n, offs_m, diag, lower, upper, HAS_LOWER, HAS_UPPER, len_q), p_t, 0.0)
         dv = dot(to_dtype(p_t, do.dtype), do, dv)
@@ -114,8 +122,8 @@ def _dq_blocks(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, offs
         key_ok = d_ok[:, None] & (offs_n < len_k)[None, :]
         k_t = tl.load(k_base + offs_n[None, :].to(tl.int64) * stride_kt + offs_d[:, None], mask=key_ok, other=0.0)
         v_t = tl.load(v_base + offs_n[None, :].to(tl.int64) * stride_vt + offs_d[:, None], mask=key_ok, other=0.0)
-        s = dot(q, k_t, tl.zeros((q.shape[0], BLOCK_N), dtype=tl.float32)) * qk_scale
-        p = tl.math.exp2(s - lse[:, None])
+        s = dot(q, k_t, tl.zeros((q.shape[0], BLOCK_N), dtype=tl.float32))
+        p = probabilities(s, qk_scale, lse[:, None])
         if MASKED:
             p = tl.where(visible(offs_m, offs_n, diag, window_left, window_right, HAS_LEFT, HAS_RIGHT, len_k), p, 0.0)
         dp = dot(do, v_t, tl.zeros((q.shape[0], BLOCK_N), dtype=tl.float32))
