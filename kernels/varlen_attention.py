@@ -23,6 +23,9 @@ LOG2E = 1.4426950408889634
 LOG2E_C = tl.constexpr(LOG2E)
 LN2_C = tl.constexpr(0.6931471805599453)
 MAX_PROGRAMS = 2**31 - 1
+MAX_PROGRAMS_C = tl.constexpr(MAX_PROGRAMS)
+# Schedule entries one program's search reads at a time.
+SEARCH_BLOCK = tl.constexpr(256)
 
 
 @triton.jit
@@ -77,17 +80,36 @@ def visible(offs_self, offs_other, diag, lower, upper, HAS_LOWER: tl.constexpr, 
 
 
 @triton.jit
-def program_tile(cu_seqlens_q, cu_seqlens_k, num_heads, num_blocks):
-    """(head, block, q_start, len_q, k_start, len_k) of this program on the flat grid axis
-    (up to 2**31 programs): heads vary fastest, so the query heads sharing a kv head run side
-    by side and reuse its K/V from L2; then blocks, then sequences."""
+def program_tile(cu_seqlens_q, cu_seqlens_k, tile_end, seq_order, num_seqs, num_heads, BLOCK: tl.constexpr,
+                 TILES_ON_K: tl.constexpr, LAST_FIRST: tl.constexpr):
+    """(slot, head, block, q_start, len_q, k_start, len_k) of this program under the schedule
+    of :func:`tile_schedule`: heads vary fastest on the flat grid axis (the query heads sharing
+    a kv head run side by side and reuse its K/V from L2), then the real tiles of the
+    sequences in ``seq_order``, whose tiles end at ``tile_end``. Tiles run along the keys
+    (TILES_ON_K) or the queries; within a sequence the last block first (LAST_FIRST) or the
+    first. ``slot`` >= num_seqs: a program past the last tile, which does nothing."""
     pid = tl.program_id(0)
-    seq = pid // num_heads // num_blocks
+    t = pid // num_heads
+    # Vectorised search: the tile's sequence is the first slot whose tiles end after t.
+    slot = t * 0
+    for first in range(0, num_seqs, SEARCH_BLOCK):
+        offs = first + tl.arange(0, SEARCH_BLOCK)
+        ends = tl.load(tile_end + offs, mask=offs < num_seqs, other=MAX_PROGRAMS_C)
+        slot += tl.sum((ends <= t).to(tl.int32), 0)
+    safe = tl.minimum(slot, num_seqs - 1)
+    seq = tl.load(seq_order + safe)
+    end = tl.load(tile_end + safe)
     q_start = tl.load(cu_seqlens_q + seq)
     k_start = tl.load(cu_seqlens_k + seq)
     len_q = tl.load(cu_seqlens_q + seq + 1) - q_start
     len_k = tl.load(cu_seqlens_k + seq + 1) - k_start
-    return pid % num_heads, (pid // num_heads) % num_blocks, q_start, len_q, k_start, len_k
+    if LAST_FIRST:
+        block = end - 1 - t
+    elif TILES_ON_K:
+        block = t - (end - tl.cdiv(len_k, BLOCK))
+    else:
+        block = t - (end - tl.cdiv(len_q, BLOCK))
+    return slot, pid % num_heads, block, q_start, len_q, k_start, len_k
 
 
 @triton.jit
@@ -173,7 +195,7 @@ def _fwd_full_blocks(acc, l_i, m_i, q, k_base, v_base, K_desc, V_desc, k_row, kv
     row = k_row + start
     for _ in tl.range(0, count, num_stages=NUM_STAGES):
         if USE_TMA:
-            k_t = K_desc.load([row, kv_col]).T
+            k_t = tl.trans(K_desc.load([row, kv_col]))
         elif EVEN_D:
             k_t = tl.load(k_block + offs_k)
         else:
@@ -217,14 +239,16 @@ def _fwd_masked_blocks(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, o
 def _fwd_kernel(
     Q, K, V, K_desc, V_desc, Out, Lse, cu_seqlens_q, cu_seqlens_k,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lse_h,
-    num_heads, group, num_m_blocks, head_dim, qk_scale, window_left, window_right,
+    tile_end, seq_order, num_seqs, num_heads, group, head_dim, qk_scale, window_left, window_right,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SCALE_NEG: tl.constexpr, EVEN_D: tl.constexpr,
-    USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr,
+    USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
-    head, m_block, q_start, len_q, k_start, len_k = program_tile(cu_seqlens_q, cu_seqlens_k, num_heads, num_m_blocks)
-    m_start = m_block * BLOCK_M
-    if m_start >= len_q:
+    slot, head, m_block, q_start, len_q, k_start, len_k = program_tile(
+        cu_seqlens_q, cu_seqlens_k, tile_end, seq_order, num_seqs, num_heads, BLOCK_M, False, True)
+    if slot >= num_seqs:
         return
+    m_start = m_block * BLOCK_M
     diag = len_k - len_q
     head, offs_m, offs_d, d_ok, row_ok, rows, q, k_base, v_base = query_block(
         Q, K, V, head, group, m_start, q_start, len_q, k_start, stride_qt, stride_qh, stride_kt, stride_kh,
@@ -319,6 +343,27 @@ def make_tma_descriptors(k: torch.Tensor, v: torch.Tensor, block_n: int):
                  for x in (k, v))
 
 
+def tile_schedule(cu_seqlens_tiles: torch.Tensor, cu_seqlens_other: torch.Tensor, block: int, max_seqlen: int,
+                  total: int):
+    """Which tiles to launch, heaviest first, computed on the device (no host sync).
+
+    Tiles of ``block`` rows cover each sequence along the side ``cu_seqlens_tiles`` indexes;
+    a tile's work grows with the other side's length, so sequences are ordered by it, longest
+    first (ties keep their order; sequences with no tile last). Returns (seq_order int32,
+    tile_end int32: the running tile count in that order, bound): ``bound`` >= the number of
+    tiles, from host-known sizes only: every sequence wastes less than one block, so
+    sum cdiv(len_i, block) <= (total + batch * (block - 1)) // block. Programs past the last
+    real tile (at most bound - tiles per head) exit at once."""
+    lengths = cu_seqlens_tiles[1:] - cu_seqlens_tiles[:-1]
+    tiles = (lengths + block - 1) // block
+    work = torch.where(tiles > 0, cu_seqlens_other[1:] - cu_seqlens_other[:-1], -1)
+    order = torch.argsort(work, descending=True, stable=True)
+    tile_end = torch.cumsum(tiles[order], 0).to(torch.int32)
+    batch = lengths.numel()
+    bound = min(batch * triton.cdiv(max_seqlen, block), (total + batch * (block - 1)) // block)
+    return order.to(torch.int32), tile_end, bound
+
+
 def check_grid(programs: int, what: str):
     if programs > MAX_PROGRAMS:
         raise ValueError(f"adaptkern.varlen_attention: {what} needs {programs} programs, more than one launch "
@@ -373,16 +418,19 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, sof
     if use_tma and descriptors is None:
         raise ValueError("adaptkern.varlen_attention: config USE_TMA=True needs 16-bit K/V with packed heads, "
                          "a power-of-two head dim and 16-byte aligned strides")
-    num_m_blocks = triton.cdiv(max_seqlen_q, cfg["BLOCK_M"])
-    programs = batch * num_heads * num_m_blocks
+    cu_seqlens_q, cu_seqlens_k = cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()
+    seq_order, tile_end, tiles = tile_schedule(cu_seqlens_q, cu_seqlens_k, cfg["BLOCK_M"], max_seqlen_q, total_q)
+    programs = tiles * num_heads
     check_grid(programs, "the forward")
+    if programs == 0:
+        return out, lse
     k_desc, v_desc = descriptors or (k, v)  # unused pointers when TMA is off
     _fwd_kernel[(programs,)](
-        q, k, v, k_desc, v_desc, out, lse, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(),
+        q, k, v, k_desc, v_desc, out, lse, cu_seqlens_q, cu_seqlens_k,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
-        lse.stride(0), num_heads, num_heads // k.shape[1], num_m_blocks, head_dim, softmax_scale * LOG2E,
+        lse.stride(0), tile_end, seq_order, batch, num_heads, num_heads // k.shape[1], head_dim, softmax_scale * LOG2E,
         window_left, window_right, HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0,
-        SCALE_NEG=softmax_scale < 0, EVEN_D=head_dim == head_block(head_dim), BLOCK_D=head_block(head_dim), USE_TMA=descriptors is not None,
-        **cfg,
+        SCALE_NEG=softmax_scale < 0, EVEN_D=head_dim == head_block(head_dim), BLOCK_D=head_block(head_dim),
+        USE_TMA=descriptors is not None, **cfg,
     )
     return out, lse
