@@ -105,16 +105,28 @@ class CompileOnlyDriver:
         return 0
 
 
-def resources(cubin):
+def cuobjdump(cubin, flag):
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(cubin)
     try:
-        usage = subprocess.run([os.path.join(TOOLS, "cuobjdump"), "-res-usage", f.name], capture_output=True,
-                               text=True, check=True).stdout
+        return subprocess.run([os.path.join(TOOLS, "cuobjdump"), flag, f.name], capture_output=True, text=True,
+                              check=True).stdout
     finally:
         os.unlink(f.name)
-    regs, local = re.search(r"REG:(\d+) STACK:\d+ SHARED:\d+ LOCAL:(\d+)", usage).groups()
-    return int(regs), int(local)
+
+
+def hot_loop(sass):
+    # The smallest loop (a backward branch's span) holding two or more tensor-core instructions.
+    code = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    best = None
+    for address, text in code:
+        target = re.search(r"\bBRA\b.*?(0x[0-9a-f]+)", text)
+        if target and int(target.group(1), 16) < address:
+            body = [t for a, t in code if int(target.group(1), 16) <= a <= address]
+            tensor_core = sum(bool(re.search(r"\b(HGMMA|HMMA)\b", t)) for t in body)
+            if tensor_core >= 2 and (best is None or len(body) < len(best)):
+                best = body
+    return best or []
 
 
 launches = []
@@ -125,10 +137,13 @@ def compile_instead(self, *args, grid, warmup, **kwargs):
     # The launch's own arguments and options through Triton's own binder (divisibility and
     # == 1 specialisation, num_warps, num_stages); warmup=True compiles and never launches.
     compiled = _run(self, *args, grid=grid, warmup=True, **kwargs)
-    regs, local = resources(compiled.asm["cubin"])
+    usage = cuobjdump(compiled.asm["cubin"], "-res-usage")
+    regs, local = (int(x) for x in re.search(r"REG:(\d+) STACK:\d+ SHARED:\d+ LOCAL:(\d+)", usage).groups())
+    loop = hot_loop(cuobjdump(compiled.asm["cubin"], "-sass"))
     md = compiled.metadata
     launches.append({"kernel": self.fn.__name__, "arch": arch, "shared": md.shared, "num_warps": md.num_warps,
-                     "num_stages": md.num_stages, "regs": regs, "local": local,
+                     "num_stages": md.num_stages, "regs": regs, "local": local, "hot_loop": len(loop),
+                     "hot_loop_spills": sum(bool(re.search(r"\b(STL|LDL)\b", t)) for t in loop),
                      "constexprs": {k: v for k, v in kwargs.items() if isinstance(v, (bool, int))},
                      "wgmma": "wgmma" in compiled.asm["ptx"], "mma": "mma.sync" in compiled.asm["ptx"],
                      "tma": "cp.async.bulk.tensor" in compiled.asm["ptx"]})
@@ -150,8 +165,10 @@ def compile_launches(code: str, archs=(80, 90)):
     arguments), and launchers that read the device's arch see ``arch``.
 
     Returns one dict per launch (in order, archs one after another): kernel, arch, shared
-    (bytes), num_warps, num_stages, regs, local (spilled bytes per thread), constexprs (the
-    launch's int / bool keyword arguments), and wgmma / mma / tma (used in the PTX)."""
+    (bytes), num_warps, num_stages, regs, local (spilled bytes per thread), hot_loop (SASS
+    instructions of the smallest loop with two or more tensor-core instructions, 0 if none)
+    and hot_loop_spills (local loads / stores in it), constexprs (the launch's int / bool
+    keyword arguments), and wgmma / mma / tma (used in the PTX)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     results = []
     for arch in archs:
