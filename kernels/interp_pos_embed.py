@@ -119,22 +119,33 @@ def _window_total(lo, count, pos, inv, max_count, ANTIALIAS: tl.constexpr, MODE:
 
 
 @triton.jit
-def _weight_of(j, lo, count, pos, inv, total, in_size, ANTIALIAS: tl.constexpr, MODE: tl.constexpr,
-               HALF_TAPS: tl.constexpr, CUBIC_A: tl.constexpr):
-    """Weight of input index ``j`` in the output whose taps are (lo, count, pos, inv, total)."""
+def _tap_weight(j, lo, count, pos, inv, total, in_size, ANTIALIAS: tl.constexpr, MODE: tl.constexpr,
+                HALF_TAPS: tl.constexpr, CUBIC_A: tl.constexpr):
+    """(weight, hit) of input index ``j`` in the output whose taps are (lo, count, pos, inv,
+    total): ``hit`` = some tap reads ``j`` (its weight may still be 0, as F.interpolate's can)."""
     j = j + tl.zeros_like(lo)  # a loop counter is a plain int under the interpreter
     if ANTIALIAS:
         # Antialiased taps are in range and distinct: j is tap j - lo.
-        inside = (j >= lo) & (j < lo + count)
-        return tl.where(inside, _filter((j.to(tl.float32) - pos) * inv, MODE, CUBIC_A), 0.0) / total
+        hit = (j >= lo) & (j < lo + count)
+        return tl.where(hit, _filter((j.to(tl.float32) - pos) * inv, MODE, CUBIC_A), 0.0) / total, hit
     else:
         # Border taps are clamped onto the same input index: their weights add up.
         weight = tl.zeros_like(j).to(tl.float32)
+        hit = j < 0  # all False
         for k in tl.static_range(2 * HALF_TAPS):
             x = lo + k
-            hit = tl.minimum(tl.maximum(x, 0), in_size - 1) == j
-            weight += tl.where(hit, _filter(x.to(tl.float32) - pos, MODE, CUBIC_A), 0.0)
-        return weight
+            tap_hit = tl.minimum(tl.maximum(x, 0), in_size - 1) == j
+            weight += tl.where(tap_hit, _filter(x.to(tl.float32) - pos, MODE, CUBIC_A), 0.0)
+            hit = hit | tap_hit
+        return weight, hit
+
+
+@triton.jit
+def _weight_of(j, lo, count, pos, inv, total, in_size, ANTIALIAS: tl.constexpr, MODE: tl.constexpr,
+               HALF_TAPS: tl.constexpr, CUBIC_A: tl.constexpr):
+    """Weight of input index ``j`` in the output whose taps are (lo, count, pos, inv, total)."""
+    weight, _ = _tap_weight(j, lo, count, pos, inv, total, in_size, ANTIALIAS, MODE, HALF_TAPS, CUBIC_A)
+    return weight
 
 
 @triton.jit
@@ -188,7 +199,8 @@ def _interp_fwd_kernel(
             a_end = tl.max(tl.where(r_ok, last_r + 1, 0), 0)
             acc = tl.zeros((BLOCK_H, BLOCK_W, BLOCK_D), tl.float32)
             for a in range(a_begin, a_end):
-                w_r = _weight_of(a, lo_r, cnt_r, pos_r, inv_r, tot_r, base_h, ANTIALIAS, MODE, HALF_TAPS, CUBIC_A)
+                w_r, hit_r = _tap_weight(a, lo_r, cnt_r, pos_r, inv_r, tot_r, base_h, ANTIALIAS, MODE, HALF_TAPS,
+                                         CUBIC_A)
                 row = tl.zeros((BLOCK_W, BLOCK_D), tl.float32)
                 for k in range(0, max_cnt_c):
                     x = lo_c + k
@@ -198,7 +210,8 @@ def _interp_fwd_kernel(
                     offs = (a * base_w + b)[:, None] * dim + d[None, :]
                     vals = tl.load(pos_ptr + offs, mask=tap_ok[:, None] & d_ok[None, :], other=0.0)
                     row += w_c[:, None] * vals.to(tl.float32)
-                acc += w_r[:, None, None] * row[None, :, :]
+                # Only the tile rows that sample base row a: 0 * NaN must not reach the others.
+                acc += tl.where(hit_r[:, None, None], w_r[:, None, None] * row[None, :, :], 0.0)
             tokens = start + num_prefix + (r[:, None] * w + c[None, :]).to(tl.int64)
             mask = (r_ok[:, None] & c_ok[None, :])[:, :, None] & d_ok[None, None, :]
             if ADD:

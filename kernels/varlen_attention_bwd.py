@@ -16,8 +16,8 @@ import triton.language as tl
 
 from ._utils import INTERPRET, dot, to_dtype
 from .varlen_attention import (LOG2E, LOG2E_C, block_start, check_grid, head_block, last_dim_contiguous, load_rows,
-                               program_tile, query_block, reachable_window, row_tile, store_rows, visible,
-                               visible_range)
+                               program_tile, query_block, reachable_window, row_tile, store_rows, tile_schedule,
+                               visible, visible_range)
 
 
 @triton.jit
@@ -39,10 +39,62 @@ def _preprocess_kernel(Out, dOut, dLse, Delta, stride_ot, stride_oh, stride_dot,
 
 
 @triton.jit
-def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, offs_n, offs_d, d_ok,
-                 first, first_count, second, count, diag, len_q, qk_scale, lower, upper, HAS_LOWER: tl.constexpr,
-                 HAS_UPPER: tl.constexpr, MASKED: tl.constexpr, BLOCK_M: tl.constexpr, NUM_STAGES: tl.constexpr):
-    """Add the contributions of ``count`` query blocks (see block_start) of one head to dk, dv."""
+def probabilities(s, qk_scale, lse):
+    """P = exp2(s * scale - lse) from raw scores and lse in log2 units, at most 1 as a
+    probability is: at a huge scale (1e10) s * scale and lse agree to fewer bits than the
+    exponent needs, and an unclamped exp2 gives inf (then NaN in dS). NaN still propagates."""
+    return tl.math.exp2(tl.minimum(s * qk_scale - lse, 0.0, propagate_nan=tl.PropagateNan.ALL))
+
+
+@triton.jit
+def _dkdv_step(dk, dv, k, v, q, do, lse, delta, qk_scale, keep, MASKED: tl.constexpr):
+    """Add one query block's contribution to dk, dv; with MASKED only the pairs in ``keep``
+    (BLOCK_N, BLOCK_M) count. ``lse`` in log2 units."""
+    s_t = dot(k, tl.trans(q), tl.zeros((k.shape[0], q.shape[0]), dtype=tl.float32))
+    p_t = probabilities(s_t, qk_scale, lse[None, :])
+    if MASKED:
+        p_t = tl.where(keep, p_t, 0.0)
+    dv = dot(to_dtype(p_t, do.dtype), do, dv)
+    dp_t = dot(v, tl.trans(do), tl.zeros((k.shape[0], q.shape[0]), dtype=tl.float32))
+    ds_t = p_t * (dp_t - delta[None, :])
+    return dot(to_dtype(ds_t, q.dtype), q, dk), dv
+
+
+@triton.jit
+def _dkdv_full_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, offs_d, d_ok, start,
+                      count, qk_scale, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr, NUM_STAGES: tl.constexpr):
+    """Add ``count`` query blocks from ``start`` that see every key of the tile: no row or
+    mask arithmetic (see :func:`_fwd_full_blocks`), a block's offsets built once."""
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_q = offs_m[:, None] * stride_qt + offs_d[None, :]
+    offs_do = offs_m[:, None] * stride_dot + offs_d[None, :]
+    q_block = q_base + start.to(tl.int64) * stride_qt
+    do_block = do_base + start.to(tl.int64) * stride_dot
+    lse_block = lse_base + start
+    delta_block = delta_base + start
+    for _ in tl.range(0, count, num_stages=NUM_STAGES):
+        if EVEN_D:
+            q = tl.load(q_block + offs_q)
+            do = tl.load(do_block + offs_do)
+        else:
+            q = tl.load(q_block + offs_q, mask=d_ok[None, :], other=0.0)
+            do = tl.load(do_block + offs_do, mask=d_ok[None, :], other=0.0)
+        lse = tl.load(lse_block + offs_m) * LOG2E_C
+        delta = tl.load(delta_block + offs_m)
+        dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse, delta, qk_scale, 0, False)
+        q_block += BLOCK_M * stride_qt
+        do_block += BLOCK_M * stride_dot
+        lse_block += BLOCK_M
+        delta_block += BLOCK_M
+    return dk, dv
+
+
+@triton.jit
+def _dkdv_masked_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, offs_n, offs_d,
+                        d_ok, first, first_count, second, count, diag, len_q, qk_scale, lower, upper,
+                        HAS_LOWER: tl.constexpr, HAS_UPPER: tl.constexpr, BLOCK_M: tl.constexpr,
+                        NUM_STAGES: tl.constexpr):
+    """Add the contributions of ``count`` query blocks (see block_start) that the mask cuts."""
     for i in tl.range(0, count, num_stages=NUM_STAGES):
         offs_m = block_start(i, first, first_count, second, BLOCK_M) + tl.arange(0, BLOCK_M)
         m_ok = offs_m < len_q
@@ -51,14 +103,8 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt,
         do = load_rows(do_base, offs_m.to(tl.int64), stride_dot, offs_d, ok)
         lse = tl.load(lse_base + offs_m, mask=m_ok, other=0.0) * LOG2E_C
         delta = tl.load(delta_base + offs_m, mask=m_ok, other=0.0)
-        s_t = dot(k, tl.trans(q), tl.zeros((k.shape[0], BLOCK_M), dtype=tl.float32)) * qk_scale
-        p_t = tl.math.exp2(s_t - lse[None, :])
-        if MASKED:
-            p_t = tl.where(visible(offs_n, offs_m, diag, lower, upper, HAS_LOWER, HAS_UPPER, len_q), p_t, 0.0)
-        dv = dot(to_dtype(p_t, do.dtype), do, dv)
-        dp_t = dot(v, tl.trans(do), tl.zeros((k.shape[0], BLOCK_M), dtype=tl.float32))
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk = dot(to_dtype(ds_t, q.dtype), q, dk)
+        keep = visible(offs_n, offs_m, diag, lower, upper, HAS_LOWER, HAS_UPPER, len_q)
+        dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse, delta, qk_scale, keep, True)
     return dk, dv
 
 
@@ -67,15 +113,16 @@ def _dkdv_kernel(
     Q, K, V, dOut, Lse, Delta, dK, dV, cu_seqlens_q, cu_seqlens_k,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
     stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lse_h,
-    num_kv_heads, group, num_n_blocks, head_dim, softmax_scale, qk_scale, window_left, window_right,
-    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+    tile_end, seq_order, num_seqs, num_kv_heads, group, head_dim, softmax_scale, qk_scale, window_left,
+    window_right, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
-    kv_head, n_block, q_start, len_q, k_start, len_k = program_tile(cu_seqlens_q, cu_seqlens_k, num_kv_heads,
-                                                                    num_n_blocks)
-    n_start = n_block * BLOCK_N
-    if n_start >= len_k:
+    # Key blocks first to last: with a causal or left-window mask the first see the most queries.
+    slot, kv_head, n_block, q_start, len_q, k_start, len_k = program_tile(
+        cu_seqlens_q, cu_seqlens_k, tile_end, seq_order, num_seqs, num_kv_heads, BLOCK_N, True, False)
+    if slot >= num_seqs:
         return
+    n_start = n_block * BLOCK_N
     kv_head = kv_head.to(tl.int64)
     offs_n, offs_d, d_ok, key_ok, keys = row_tile(n_start, k_start, len_k, head_dim, BLOCK_N, BLOCK_D)
     k = load_rows(K + kv_head * stride_kh, keys, stride_kt, offs_d, key_ok)
@@ -93,34 +140,65 @@ def _dkdv_kernel(
         do_base = dOut + q_rows * stride_dot + head * stride_doh
         lse_base = Lse + head * stride_lse_h + q_rows
         delta_base = Delta + head * stride_lse_h + q_rows
-        dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, offs_n,
-                              offs_d, d_ok, full_lo, n_full, full_lo, n_full, diag, len_q, qk_scale, window_right,
-                              window_left, HAS_RIGHT, HAS_LEFT, False, BLOCK_M, NUM_STAGES)
-        dk, dv = _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, offs_n,
-                              offs_d, d_ok, lo, n_before, full_hi, n_masked, diag, len_q, qk_scale, window_right,
-                              window_left, HAS_RIGHT, HAS_LEFT, True, BLOCK_M, NUM_STAGES)
+        dk, dv = _dkdv_full_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, offs_d,
+                                   d_ok, full_lo, n_full, qk_scale, EVEN_D, BLOCK_M, NUM_STAGES)
+        dk, dv = _dkdv_masked_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot,
+                                     offs_n, offs_d, d_ok, lo, n_before, full_hi, n_masked, diag, len_q, qk_scale,
+                                     window_right, window_left, HAS_RIGHT, HAS_LEFT, BLOCK_M, NUM_STAGES)
     # Every key row of the sequence is written, zeros included (keys no query sees).
     store_rows(dK + kv_head * stride_dkh, keys, stride_dkt, offs_d, dk * softmax_scale, key_ok)
     store_rows(dV + kv_head * stride_dvh, keys, stride_dvt, offs_d, dv, key_ok)
 
 
 @triton.jit
-def _dq_blocks(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, d_ok, first, first_count,
-               second, count, diag, len_k, qk_scale, window_left, window_right, HAS_LEFT: tl.constexpr,
-               HAS_RIGHT: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr):
-    """Add the contributions of ``count`` key blocks (see block_start) to dq (BLOCK_M, BLOCK_D)."""
+def _dq_step(dq, q, do, lse, delta, k_t, v_t, qk_scale, keep, MASKED: tl.constexpr):
+    """Add one key block's contribution to dq; with MASKED only the pairs in ``keep``
+    (BLOCK_M, BLOCK_N) count. ``lse`` in log2 units."""
+    s = dot(q, k_t, tl.zeros((q.shape[0], k_t.shape[1]), dtype=tl.float32))
+    p = probabilities(s, qk_scale, lse[:, None])
+    if MASKED:
+        p = tl.where(keep, p, 0.0)
+    dp = dot(do, v_t, tl.zeros((q.shape[0], k_t.shape[1]), dtype=tl.float32))
+    ds = p * (dp - delta[:, None])
+    return dot(to_dtype(ds, k_t.dtype), tl.trans(k_t), dq)
+
+
+@triton.jit
+def _dq_full_blocks(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, offs_d, d_ok, start, count, qk_scale,
+                    EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr):
+    """Add ``count`` key blocks from ``start`` that every query row sees (see
+    :func:`_fwd_full_blocks`)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_k = offs_n[None, :] * stride_kt + offs_d[:, None]
+    offs_v = offs_n[None, :] * stride_vt + offs_d[:, None]
+    k_block = k_base + start.to(tl.int64) * stride_kt
+    v_block = v_base + start.to(tl.int64) * stride_vt
+    for _ in tl.range(0, count, num_stages=NUM_STAGES):
+        if EVEN_D:
+            k_t = tl.load(k_block + offs_k)
+            v_t = tl.load(v_block + offs_v)
+        else:
+            k_t = tl.load(k_block + offs_k, mask=d_ok[:, None], other=0.0)
+            v_t = tl.load(v_block + offs_v, mask=d_ok[:, None], other=0.0)
+        dq = _dq_step(dq, q, do, lse, delta, k_t, v_t, qk_scale, 0, False)
+        k_block += BLOCK_N * stride_kt
+        v_block += BLOCK_N * stride_vt
+    return dq
+
+
+@triton.jit
+def _dq_masked_blocks(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, d_ok, first,
+                      first_count, second, count, diag, len_k, qk_scale, window_left, window_right,
+                      HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, BLOCK_N: tl.constexpr,
+                      NUM_STAGES: tl.constexpr):
+    """Add the contributions of ``count`` key blocks (see block_start) that the mask cuts."""
     for i in tl.range(0, count, num_stages=NUM_STAGES):
         offs_n = block_start(i, first, first_count, second, BLOCK_N) + tl.arange(0, BLOCK_N)
         key_ok = d_ok[:, None] & (offs_n < len_k)[None, :]
         k_t = tl.load(k_base + offs_n[None, :].to(tl.int64) * stride_kt + offs_d[:, None], mask=key_ok, other=0.0)
         v_t = tl.load(v_base + offs_n[None, :].to(tl.int64) * stride_vt + offs_d[:, None], mask=key_ok, other=0.0)
-        s = dot(q, k_t, tl.zeros((q.shape[0], BLOCK_N), dtype=tl.float32)) * qk_scale
-        p = tl.math.exp2(s - lse[:, None])
-        if MASKED:
-            p = tl.where(visible(offs_m, offs_n, diag, window_left, window_right, HAS_LEFT, HAS_RIGHT, len_k), p, 0.0)
-        dp = dot(do, v_t, tl.zeros((q.shape[0], BLOCK_N), dtype=tl.float32))
-        ds = p * (dp - delta[:, None])
-        dq = dot(to_dtype(ds, k_t.dtype), tl.trans(k_t), dq)
+        keep = visible(offs_m, offs_n, diag, window_left, window_right, HAS_LEFT, HAS_RIGHT, len_k)
+        dq = _dq_step(dq, q, do, lse, delta, k_t, v_t, qk_scale, keep, True)
     return dq
 
 
@@ -129,14 +207,16 @@ def _dq_kernel(
     Q, K, V, dOut, Lse, Delta, dQ, cu_seqlens_q, cu_seqlens_k,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
     stride_dqt, stride_dqh, stride_lse_h,
-    num_heads, group, num_m_blocks, head_dim, softmax_scale, qk_scale, window_left, window_right,
-    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+    tile_end, seq_order, num_seqs, num_heads, group, head_dim, softmax_scale, qk_scale, window_left, window_right,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
-    head, m_block, q_start, len_q, k_start, len_k = program_tile(cu_seqlens_q, cu_seqlens_k, num_heads, num_m_blocks)
-    m_start = m_block * BLOCK_M
-    if m_start >= len_q:
+    # Query blocks last to first: with a causal or right-window mask the last see the most keys.
+    slot, head, m_block, q_start, len_q, k_start, len_k = program_tile(
+        cu_seqlens_q, cu_seqlens_k, tile_end, seq_order, num_seqs, num_heads, BLOCK_M, False, True)
+    if slot >= num_seqs:
         return
+    m_start = m_block * BLOCK_M
     diag = len_k - len_q
     head, offs_m, offs_d, d_ok, row_ok, rows, q, k_base, v_base = query_block(
         Q, K, V, head, group, m_start, q_start, len_q, k_start, stride_qt, stride_qh, stride_kt, stride_kh,
@@ -148,12 +228,11 @@ def _dq_kernel(
     dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     full_lo, n_full, lo, n_before, full_hi, n_masked = visible_range(
         m_start, BLOCK_M, diag, window_left, window_right, HAS_LEFT, HAS_RIGHT, len_k, BLOCK_N)
-    dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, d_ok, full_lo, n_full,
-                    full_lo, n_full, diag, len_k, qk_scale, window_left, window_right, HAS_LEFT, HAS_RIGHT, False,
-                    BLOCK_N, NUM_STAGES)
-    dq = _dq_blocks(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, d_ok, lo, n_before,
-                    full_hi, n_masked, diag, len_k, qk_scale, window_left, window_right, HAS_LEFT, HAS_RIGHT, True,
-                    BLOCK_N, NUM_STAGES)
+    dq = _dq_full_blocks(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, offs_d, d_ok, full_lo, n_full,
+                         qk_scale, EVEN_D, BLOCK_N, NUM_STAGES)
+    dq = _dq_masked_blocks(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, d_ok, lo,
+                           n_before, full_hi, n_masked, diag, len_k, qk_scale, window_left, window_right, HAS_LEFT,
+                           HAS_RIGHT, BLOCK_N, NUM_STAGES)
     store_rows(dQ + head * stride_dqh, rows, stride_dqt, offs_d, dq * softmax_scale, row_ok)
 
 
@@ -167,9 +246,9 @@ def bwd_config(head_dim: int, dtype: torch.dtype, *, interpret: bool = INTERPRET
         tile = dict(BLOCK_M=32, BLOCK_N=32, NUM_STAGES=2, num_warps=4) if head_dim <= 128 else \
             dict(BLOCK_M=16, BLOCK_N=32, NUM_STAGES=1, num_warps=4)
         return dict(dkdv=tile, dq=dict(tile, BLOCK_M=tile["BLOCK_N"], BLOCK_N=tile["BLOCK_M"]))
-    if head_dim <= 64:
-        return dict(dkdv=dict(BLOCK_M=32, BLOCK_N=128, NUM_STAGES=2, num_warps=4),
-                    dq=dict(BLOCK_M=128, BLOCK_N=32, NUM_STAGES=2, num_warps=4))
+    if head_dim <= 64:  # 3 stages: the streamed tiles are small here (under 60 KiB in all)
+        return dict(dkdv=dict(BLOCK_M=32, BLOCK_N=128, NUM_STAGES=3, num_warps=4),
+                    dq=dict(BLOCK_M=128, BLOCK_N=32, NUM_STAGES=3, num_warps=4))
     if head_dim <= 128:
         return dict(dkdv=dict(BLOCK_M=32, BLOCK_N=64, NUM_STAGES=2, num_warps=8),
                     dq=dict(BLOCK_M=64, BLOCK_N=32, NUM_STAGES=2, num_warps=8))
@@ -214,27 +293,29 @@ def backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, max_seql
             BLOCK_D=block_d,
         )
     qk_scale = softmax_scale * LOG2E
-    common = dict(HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0, BLOCK_D=block_d)
+    common = dict(HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0, EVEN_D=head_dim == block_d, BLOCK_D=block_d)
     if k.shape[0] and max_seqlen_k:
-        num_n_blocks = triton.cdiv(max_seqlen_k, cfg["dkdv"]["BLOCK_N"])
-        programs = batch * num_kv_heads * num_n_blocks
+        seq_order, tile_end, tiles = tile_schedule(cu_seqlens_k, cu_seqlens_q, cfg["dkdv"]["BLOCK_N"], max_seqlen_k,
+                                                   k.shape[0])
+        programs = tiles * num_kv_heads
         check_grid(programs, "the dK/dV backward")
-        _dkdv_kernel[(programs,)](
+        _dkdv_kernel[(max(programs, 1),)](
             q, k, v, dout, lse, delta, dk, dv, cu_seqlens_q, cu_seqlens_k,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), dout.stride(0),
             dout.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0),
-            num_kv_heads, num_heads // num_kv_heads, num_n_blocks, head_dim, softmax_scale, qk_scale,
+            tile_end, seq_order, batch, num_kv_heads, num_heads // num_kv_heads, head_dim, softmax_scale, qk_scale,
             window_left, window_right, **common, **cfg["dkdv"],
         )
     if total_q and max_seqlen_q:
-        num_m_blocks = triton.cdiv(max_seqlen_q, cfg["dq"]["BLOCK_M"])
-        programs = batch * num_heads * num_m_blocks
+        seq_order, tile_end, tiles = tile_schedule(cu_seqlens_q, cu_seqlens_k, cfg["dq"]["BLOCK_M"], max_seqlen_q,
+                                                   total_q)
+        programs = tiles * num_heads
         check_grid(programs, "the dQ backward")
-        _dq_kernel[(programs,)](
+        _dq_kernel[(max(programs, 1),)](
             q, k, v, dout, lse, delta, dq, cu_seqlens_q, cu_seqlens_k,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), dout.stride(0),
             dout.stride(1), dq.stride(0), dq.stride(1), lse.stride(0),
-            num_heads, num_heads // num_kv_heads, num_m_blocks, head_dim, softmax_scale, qk_scale,
+            tile_end, seq_order, batch, num_heads, num_heads // num_kv_heads, head_dim, softmax_scale, qk_scale,
             window_left, window_right, **common, **cfg["dq"],
         )
     return dq, dk, dv

@@ -10,7 +10,7 @@ from adaptkern import _backend
 from adaptkern.ops import interp_pos_embed as interp_ops
 
 from helpers import assert_rel_close, compile_for_gpu
-from test_interp_pos_embed import OPTION_IDS, OPTIONS, oracle, oracle_add, packed_batch, random_grids
+from test_interp_pos_embed import OPTION_IDS, OPTIONS, interpolate_grid, oracle, oracle_add, packed_batch, random_grids
 from test_pack import record_launch_devices
 
 KERNEL_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -55,6 +55,24 @@ def test_triton_add_matches_interpolate(opts, device):
 ], ids=["1x1", "1x5", "6x1"])
 def test_triton_degenerate_base_grids(base, opts, device):
     _check_add("triton", opts, [(1, 1), (3, 1), (1, 4), (2, 3)], 1, 8, torch.float32, device, base=base)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("opts", OPTIONS, ids=OPTION_IDS)
+def test_triton_nan_in_the_base_grid_reaches_only_the_outputs_that_sample_it(opts, device):
+    """A NaN in one cell of the base grid turns NaN exactly the outputs whose interpolation taps
+    read that cell, as per-grid F.interpolate does (13.6): tiles spread each base row over their rows,
+    and a row that does not sample it must not pick up 0 * NaN."""
+    grids = [(7, 9), (2, 3), (12, 5), (1, 1), (5, 16)]
+    grid_sizes = torch.tensor(grids, dtype=torch.int32, device=device)
+    for cell in [(2, 3), (0, 0), (5, 6)]:
+        pos = torch.randn(6, 7, 4, device=device)
+        pos[cell] = float("nan")
+        out = ak.interp_pos_embed(pos, grid_sizes, backend="triton", **opts)
+        # In pos_embed's own dtype: F.interpolate computes tap windows in it (float32 here, as
+        # the kernel does), and at window edges rounding decides whether a zero-weight tap is read.
+        expected = torch.cat([interpolate_grid(pos, h, w, **opts) for h, w in grids])
+        assert torch.equal(torch.isnan(out), torch.isnan(expected)), f"cell {cell}"
 
 
 def _check_interp(opts, grids, base, dim, dtype, device):
