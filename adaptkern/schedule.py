@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import brentq
 
+# Relative slack for a start loss that a law anchored there gives back at C=0 with round-off.
+_ROUND_OFF = 1e-9
 _OP = "adaptkern.schedule.optimal_schedule"
 _LAW_METHODS = ("predict", "inverse", "d_inverse")
 _MAX_GRID = 2**20
@@ -303,6 +305,10 @@ def optimal_schedule(laws, target_loss, start_loss=None, switch_cost=0.0, *, gri
             )
     elif start <= target:
         raise ValueError(f"{_OP}: start_loss={start:.6g} must be greater than target_loss={target:.6g}")
+    highest_fresh = max(s.fresh for s in shapes)
+    if highest_fresh < start <= highest_fresh * (1 + _ROUND_OFF):
+        # A law anchored at the measured start loss gives it back at C=0 only to round-off.
+        start = highest_fresh
     if all(s.fresh < start for s in shapes):
         fresh = ", ".join(f"{s.key!r}: {s.fresh:.6g}" for s in shapes)
         raise ValueError(f"{_OP}: start_loss={start:.6g} is above every law's loss at C=0 ({{{fresh}}}): no shape may "

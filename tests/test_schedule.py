@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import adaptkern as ak
+from adaptkern.scaling.shape_law import ShapeLaw
 from adaptkern.schedule import Plan, optimal_schedule, plot_plan
 
 
@@ -382,3 +383,17 @@ def test_jumps_and_order_reject_bad_input():
         optimal_schedule(laws, 1.5, switch_jump={("a", "z"): 0.1})
     with pytest.raises(ValueError, match="order must list every shape"):
         optimal_schedule(laws, 1.5, order=["a"])
+
+
+def test_start_at_the_anchor_of_an_anchored_law(seed):
+    """A law anchored at the measured step-0 loss L0 gives L0 back at C=0 only to round-off
+    (c + a d^-b with a = (L0 - c) d^b): planning from start_loss=L0 must work. The first
+    parameters are a demo fit whose predict(0) rounds 1 ulp below L0."""
+    rng = np.random.default_rng(seed)
+    cases = [(2.3087015259079635, 0.6912289103424166, 1.5378253397210306, 26607841559.116005)]
+    cases += [(rng.uniform(2, 5), rng.uniform(0.1, 1.5), rng.uniform(0.2, 3), 10 ** rng.uniform(6, 12))
+              for _ in range(20)]
+    for L0, c, b, d in cases:
+        law = ShapeLaw(c=c, a=(L0 - c) * d ** b, b=b, d=d)
+        plan = optimal_schedule({"p16": law}, c + 0.5 * (L0 - c), start_loss=L0)
+        assert plan.start_loss == pytest.approx(L0, rel=1e-9) and plan.total_compute > 0
