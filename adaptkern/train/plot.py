@@ -3,6 +3,8 @@ each static shape per seed, the adaptive run per seed with its switch points -- 
 targets; (right) the adaptive run's savings over the best tuned static shape at every
 target (mean over seeds, min-max bars), with the plan's prediction and the oracle."""
 
+import textwrap
+
 import numpy as np
 
 from .adaptive import curve
@@ -79,8 +81,7 @@ def plot_demo(summary: dict, laws: dict, path) -> str:
     bx.invert_xaxis()
     bx.set_xlabel("target loss (harder to the right)")
     bx.set_ylabel("saving vs best tuned static shape (%)")
-    bx.set_title(summary["verdict"]["claim"][:110] + ("..." if len(summary["verdict"]["claim"]) > 110 else ""),
-                 fontsize=7)
+    bx.set_title(textwrap.fill(summary["verdict"]["claim"], width=72, max_lines=5, placeholder=" ..."), fontsize=7)
     bx.grid(True, alpha=0.25)
     if bx.get_legend_handles_labels()[0]:
         bx.legend(fontsize=7)
