@@ -49,7 +49,29 @@ def rank_slice(global_batch: int, rank: int, world_size: int) -> slice:
     return slice(rank * share, (rank + 1) * share)
 
 
-class SyntheticGlyphs:
+class _GeneratedImages:
+    """Training batches and the held-out set of a synthetic task whose ``generate(rng, n)``
+    draws n images and labels; each task names its two random streams (train, eval)."""
+
+    STREAMS = (0, 1)
+
+    def train_batch(self, step: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        """This rank's share of global batch ``step``: images (B/world, 3, S, S) float32 and
+        labels (B/world,) int64, CPU tensors."""
+        rows = rank_slice(batch_size, rank, world_size)
+        images, labels = self.generate(_step_rng(self.seed, self.STREAMS[0], step), batch_size)
+        return torch.from_numpy(images[rows]), torch.from_numpy(labels[rows])
+
+    def eval_set(self):
+        """The fixed held-out set: images (num_eval, 3, S, S) float32, labels (num_eval,) int64
+        (its own random stream, disjoint from training by construction)."""
+        if self._eval is None:
+            images, labels = self.generate(_step_rng(self.seed, self.STREAMS[1], 0), self.num_eval)
+            self._eval = (torch.from_numpy(images), torch.from_numpy(labels))
+        return self._eval
+
+
+class SyntheticGlyphs(_GeneratedImages):
     """Seeded glyph images where fine detail decides the class.
 
     Each 3-channel image (``image_size`` square, a multiple of 4; float32, roughly zero
@@ -110,22 +132,6 @@ class SyntheticGlyphs:
                 y, x = (cell // cells) * GLYPH, (cell % cells) * GLYPH
                 images[i, :, y:y + GLYPH, x:x + GLYPH] += color[:, None, None] * stamp[None]
         return images, (layout * len(_CLASS_GLYPHS) + glyph).astype(np.int64)
-
-    def train_batch(self, step: int, batch_size: int, rank: int = 0, world_size: int = 1):
-        """This rank's share of global batch ``step``: images (B/world, 3, S, S) float32 and
-        labels (B/world,) int64, CPU tensors."""
-        rows = rank_slice(batch_size, rank, world_size)
-        images, labels = self.generate(_step_rng(self.seed, 0, step), batch_size)
-        return torch.from_numpy(images[rows]), torch.from_numpy(labels[rows])
-
-    def eval_set(self):
-        """The fixed held-out set: images (num_eval, 3, S, S) float32, labels (num_eval,) int64
-        (its own random stream, disjoint from training by construction)."""
-        if self._eval is None:
-            images, labels = self.generate(_step_rng(self.seed, 1, 0), self.num_eval)
-            self._eval = (torch.from_numpy(images), torch.from_numpy(labels))
-        return self._eval
-
 
 class ImageFolderData:
     """Images from ``root/<class>/<file>`` (ImageFolder layout), RGB, resized to

@@ -37,15 +37,15 @@ held-out set from its own stream.
 from typing import Tuple
 
 import numpy as np
-import torch
 
-from .images import _step_rng, rank_slice
+from .images import _GeneratedImages, _step_rng
 
 SCALES = (16, 8, 4)
 
 
-class SyntheticScales:
+class SyntheticScales(_GeneratedImages):
     in_chans = 3
+    STREAMS = (8, 9)  # random streams of the training batches and the held-out set
 
     def __init__(self, *, seed: int = 0, image_size: int = 32, num_eval: int = 512, num_classes: int = 10,
                  features_per_scale: int = 32, zipf: float = 1.2, zipf_offset: float = 3.0, amplitude: float = 1.0,
@@ -102,17 +102,3 @@ class SyntheticScales:
             y, x = (cell // per_side) * s, (cell % per_side) * s
             images[i, :, y:y + s, x:x + s] += stamp
         return images, self.feature_class[features].astype(np.int64)
-
-    def train_batch(self, step: int, batch_size: int, rank: int = 0, world_size: int = 1):
-        """This rank's share of global batch ``step``: images (B/world, 3, S, S) float32 and
-        labels (B/world,) int64, CPU tensors."""
-        rows = rank_slice(batch_size, rank, world_size)
-        images, labels = self.generate(_step_rng(self.seed, 8, step), batch_size)
-        return torch.from_numpy(images[rows]), torch.from_numpy(labels[rows])
-
-    def eval_set(self):
-        """The fixed held-out set (its own random stream)."""
-        if self._eval is None:
-            images, labels = self.generate(_step_rng(self.seed, 9, 0), self.num_eval)
-            self._eval = (torch.from_numpy(images), torch.from_numpy(labels))
-        return self._eval
