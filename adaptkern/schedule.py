@@ -137,7 +137,6 @@ class _Shape:
             except (ArithmeticError, ValueError):
                 fresh = math.inf
         self.fresh = fresh if math.isfinite(fresh) and fresh > self.c else math.inf
-        self.free_above = self.fresh  # the name older callers read
 
     def static(self, losses):
         """C(E) = max(inverse(E), 0): compute to reach each loss from scratch (0 at or above
