@@ -22,6 +22,15 @@ def write_csv(path, columns):
     return str(path)
 
 
+def assert_fits(law, truth, compute, loss):
+    """The fitted law is the least-squares optimum (no worse on the data than the law that made
+    it) and predicts the true curve closely. 0.2% noise on 20-30 points gives at most ~0.5%
+    error on the curve's ends (max over 400 seeds): 1% stays clear of that tail."""
+    sse = lambda f: np.sum(np.log(f.predict(compute) / loss) ** 2)  # noqa: E731
+    assert sse(law) <= sse(truth) * (1 + 1e-6)
+    np.testing.assert_allclose(law.predict(compute), truth.predict(compute), rtol=1e-2)
+
+
 def shape_curve(rng, size=30):
     b = rng.uniform(0.2, 0.35)
     truth = ShapeLaw(c=rng.uniform(1.6, 2.2), a=rng.uniform(1.0, 2.0) * 1e17**b, b=b, d=1e15)
@@ -39,7 +48,7 @@ def test_fit_shape_writes_json_and_png(tmp_path, capsys, seed):
     saved = json.loads((tmp_path / "out" / "curve_shape.json").read_text())
     assert saved["data"]["csv"].endswith("curve.csv") and saved["fit_info"]["n_boot"] == 30
     law = ScalingLaw.from_dict(saved)
-    np.testing.assert_allclose(law.predict(compute), truth.predict(compute), rtol=5e-3)
+    assert_fits(law, truth, compute, loss)
     for name, (low, high) in law.intervals.items():
         assert low < high and f"{getattr(law, name):>12.6g}" in printed
     png = (tmp_path / "out" / "curve_shape.png").read_bytes()
@@ -76,9 +85,9 @@ def test_fit_groups_write_one_law_per_shape(tmp_path, seed):
     path = write_csv(tmp_path / "shapes.csv", {"patch": [16] * 20 + [32] * 20, "compute": [*c1, *c2],
                                                "loss": [*l1, *l2]})
     assert main(["fit", path, "--law", "shape", "--group", "patch", "--n-boot", "0", "--out", str(tmp_path)]) == 0
-    for value, truth, compute in (("16", t1, c1), ("32", t2, c2)):
+    for value, truth, compute, loss in (("16", t1, c1, l1), ("32", t2, c2, l2)):
         law = ScalingLaw.from_json((tmp_path / f"shapes_shape_{value}.json").read_text())
-        np.testing.assert_allclose(law.predict(compute), truth.predict(compute), rtol=5e-3)
+        assert_fits(law, truth, compute, loss)
         assert (tmp_path / f"shapes_shape_{value}.png").read_bytes().startswith(PNG_MAGIC)
 
 
