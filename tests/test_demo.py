@@ -154,3 +154,27 @@ def test_demo_killed_mid_sweep_resumes_without_redoing_runs(clean_demo, tmp_path
     got = json.loads((out / "summary.json").read_text())
     want = json.loads((reference / "summary.json").read_text())
     assert _numbers(got) == _numbers(want)
+
+
+@pytest.mark.parametrize("optimum, extend, expected", [
+    (5.0, 2, [4, 8, 16, 2]),        # best at the small edge: one halving finds the inside optimum
+    (0.3, 2, [4, 8, 16, 2, 1]),     # still at the edge after one step: a second halving
+    (0.3, 1, [4, 8, 16, 2]),        # ...but never more than `extend` steps
+    (0.1, 5, [4, 8, 16, 2, 1]),     # never below one image / token per step
+    (50.0, 2, [4, 8, 16, 32, 64]),  # best at the large edge: doubling
+    (9.0, 2, [4, 8, 16]),           # best inside: nothing added
+    (50.0, 0, [4, 8, 16]),
+])
+def test_tuning_grid_extends_past_an_edge_best(optimum, extend, expected):
+    """A tuned baseline whose best setting sits at the edge of its grid is not known to be
+    tuned: the grid grows past that edge until the best is inside (or the limit)."""
+    from adaptkern.train.demo import tune_grid
+
+    loss = lambda g: (math.log2(g) - math.log2(optimum)) ** 2  # noqa: E731  convex in log batch
+    tried = tune_grid([16, 4, 8], loss, extend=extend)
+    assert [g for g, _ in tried] == expected
+    assert all(value == loss(g) for g, value in tried)
+    best = min(tried, key=lambda t: t[1])[0]
+    assert best == min(expected, key=loss)
+    with pytest.raises(ValueError, match="grid"):
+        tune_grid([0, 4], loss)

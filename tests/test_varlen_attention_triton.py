@@ -17,7 +17,7 @@ from adaptkern.kernels import varlen_attention_bwd as bwd_kernels
 from adaptkern.flops.varlen_attention import allowed_pairs
 from adaptkern.reference.varlen_attention import allowed_mask, varlen_attention_backward, varlen_attention_forward
 
-from helpers import assert_as_accurate_as_torch, assert_rel_close, compile_launches
+from helpers import REL_TOL, assert_as_accurate_as_torch, assert_rel_close, compile_launches, rel_error
 from test_pack import record_launch_devices
 from test_varlen_attention import MASKS, make_batch, random_lengths
 
@@ -61,13 +61,19 @@ def check_against_reference(lengths_q, lengths_k, heads, head_dim, dtype, causal
     finite = torch.isfinite(lse_ref)
     assert_rel_close(lse[finite], lse_ref[finite], torch.float32, name="lse")
     assert_rel_close(out, out_ref, dtype, name="out")
-    for name, g, g_ref in zip(("dq", "dk", "dv"), got, expected):
-        assert_rel_close(g, g_ref, dtype, name=name)
-    if not lse_grad:
-        torch_out, torch_grads = _plain_torch(q, k, v, cu_q, cu_k, dout, causal, window_size)
-        assert_as_accurate_as_torch(out, out_ref, torch_out, name="out")
-        for name, g, g_ref, g_torch in zip(("dq", "dk", "dv"), got, expected, torch_grads):
-            assert_as_accurate_as_torch(g, g_ref, g_torch, name=name)
+    if lse_grad:
+        for name, g, g_ref in zip(("dq", "dk", "dv"), got, expected):
+            assert_rel_close(g, g_ref, dtype, name=name)
+        return
+    torch_out, torch_grads = _plain_torch(q, k, v, cu_q, cu_k, dout, causal, window_size)
+    assert_as_accurate_as_torch(out, out_ref, torch_out, name="out")
+    for name, g, g_ref, g_torch in zip(("dq", "dk", "dv"), got, expected, torch_grads):
+        assert_as_accurate_as_torch(g, g_ref, g_torch, name=name)
+        # The dtype's bound as well, unless plain PyTorch in the same dtype is itself near or
+        # past it: a gradient summed over one or two keys in bf16 can be off by 3-4% in
+        # PyTorch too (seen at head dim 8, lengths [2, 0, 1]); there 2x PyTorch is the bound.
+        if rel_error(g_torch, g_ref) <= REL_TOL[dtype] / 2:
+            assert_rel_close(g, g_ref, dtype, name=name)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -5,7 +5,9 @@ Protocol (every step resumable with ``resume=True``; what each step spends is bo
 1. Tune (own seed ``tune_seed``, never one of the measured seeds): every static shape on the
    same budget over a grid of batch sizes (``grid``: tokens per step, so the images per step
    of a shape are tokens / patches per image); the chosen setting of a shape is the one with
-   the lowest final loss (mean of its last two evals). These runs also give the laws, the
+   the lowest final loss (mean of its last two evals). A best setting at the edge of the
+   grid means the optimum may lie beyond it: the grid is extended past that edge (halving
+   or doubling, at most ``grid_extend`` times per shape) until the best is inside. These runs also give the laws, the
    targets and the switch jumps: everything the plan needs is fixed before any measured run.
 2. Laws: one per shape, anchored at the run's step-0 loss, fitted after the transient
    (``laws.TRANSIENT_RULE``); a law with a parameter at a bound falls back to the measured
@@ -50,18 +52,19 @@ from .tasks import LMTask, VisionTask
 
 # Sized for 2 CPU cores (see the README for measured times); a GPU runs the same sizes.
 PRESETS = {
-    "vit": {"shapes": ["p16", "p8", "p4"], "budget": 1.5e11, "grid": [256, 512, 1024], "num_eval": 512,
+    "vit": {"shapes": ["p16", "p8", "p4"], "budget": 1.5e11, "grid": [256, 512, 1024], "grid_extend": 2, "num_eval": 512,
             "n_evals": 10, "first_eval_fraction": 0.02, "lr": 2e-3, "seeds": 3, "oracle_points": 4,
             "dense_ratio": 1.1, "warmup_steps": 30},
-    "lm": {"shapes": ["ctx16", "ctx64", "ctx256"], "budget": 1.5e11, "grid": [512, 1024, 2048], "num_eval": 8192,
+    "lm": {"shapes": ["ctx16", "ctx64", "ctx256"], "budget": 1.5e11, "grid": [512, 1024, 2048], "grid_extend": 2,
+           "num_eval": 8192,
            "n_evals": 10, "first_eval_fraction": 0.02, "lr": 3e-3, "seeds": 3, "oracle_points": 4,
            "dense_ratio": 1.1, "warmup_steps": 30},
 }
 # --fast (CI): tiny budgets, one seed, two settings per shape: proves the pipeline, not the science.
 FAST = {
-    "vit": {"budget": 5e9, "grid": [256, 1024], "num_eval": 64, "n_evals": 6, "first_eval_fraction": 0.05,
+    "vit": {"budget": 5e9, "grid": [256, 1024], "grid_extend": 0, "num_eval": 64, "n_evals": 6, "first_eval_fraction": 0.05,
             "seeds": 1, "oracle_points": 2, "dense_ratio": 1.25, "warmup_steps": 3},
-    "lm": {"budget": 5e9, "grid": [512, 1024], "num_eval": 1024, "n_evals": 6, "first_eval_fraction": 0.05,
+    "lm": {"budget": 5e9, "grid": [512, 1024], "grid_extend": 0, "num_eval": 1024, "n_evals": 6, "first_eval_fraction": 0.05,
            "seeds": 1, "oracle_points": 2, "dense_ratio": 1.25, "warmup_steps": 3},
 }
 TUNE_SEED_OFFSET = 1000  # the tuning seed is seed + 1000: never one of the measured seeds
@@ -101,6 +104,28 @@ def settings_for(model: str, *, fast: bool = False, **overrides) -> dict:
     if int(settings["seeds"]) < 1:
         raise ValueError(f"--seeds must be at least 1, got {settings['seeds']}")
     return settings
+
+
+def tune_grid(grid, final_loss_of, extend: int = 0, smallest: int = 1) -> list:
+    """Try every entry of ``grid`` (sorted, positive ints) and return [(entry, final loss)] in
+    the order tried. While the best entry is the smallest or largest tried, try one more
+    beyond it (half the smallest, not below ``smallest``, or twice the largest), at most
+    ``extend`` times: a best setting at the grid's edge is not known to be tuned."""
+    grid = sorted({int(g) for g in grid})
+    if not grid or grid[0] < 1:
+        raise ValueError(f"grid: expected positive tokens per step, got {grid}")
+    tried = [(g, final_loss_of(g)) for g in grid]
+    for _ in range(int(extend)):
+        values = sorted(g for g, _ in tried)
+        best = min(tried, key=lambda t: t[1])[0]
+        if best == values[0] and best // 2 >= smallest:
+            step = best // 2
+        elif best == values[-1] and len(values) > 1:
+            step = best * 2
+        else:
+            break
+        tried.append((step, final_loss_of(step)))
+    return tried
 
 
 def _grid_setting(task, shape, per_step: int) -> int:
@@ -175,19 +200,25 @@ def run_demo(model: str = "vit", *, images=None, text=None, shapes=None, budget=
         f"FLOPs per static run, seeds {seed_list} (tuning seed {tune_seed}), device {device}, out {out}")
 
     # 1. tuning
-    grid = [fixed] if fixed else settings["grid"]
     tuned, tried = {}, {s: [] for s in names}
     say("tuning every static shape on the same budget:")
     for shape in names:
-        for per_step in grid:
-            setting = per_step if fixed else _grid_setting(base, shape, per_step)
+        def tune_run(setting, shape=shape):
             task = make_task(model, settings, images=images, text=text, seed=tune_seed, per_shape={shape: setting})
             config = RunConfig(seed=tune_seed, cross_eval_shapes=tuple(names), cross_eval_after=0.3, **common)
             record = run(task, ShapeSchedule.static(shape), config,
                          os.path.join(out, "tune", f"{shape}-{setting}"), f"tune {shape} batch {setting}")
             tried[shape].append({"setting": setting, "record": record})
-        best = min(tried[shape], key=lambda t: final_loss(t["record"]["evals"]))
-        tuned[shape] = best
+            return final_loss(record["evals"])
+
+        # the grid is in tokens per step (the same for every shape); the run takes images per
+        # step (vit) or tokens: extensions halve/double the setting itself
+        if fixed:
+            tune_grid([fixed], tune_run)
+        else:
+            tune_grid(sorted({_grid_setting(base, shape, g) for g in settings["grid"]}), tune_run,
+                      extend=settings.get("grid_extend", 0))
+        tuned[shape] = min(tried[shape], key=lambda t: final_loss(t["record"]["evals"]))
     batch_key = "batch_size" if model == "vit" else "tokens_per_step"
     per_shape = {s: tuned[s]["setting"] for s in names}
     tune_records = {s: tuned[s]["record"] for s in names}
