@@ -48,6 +48,21 @@ def test_triton_add_matches_interpolate(opts, device):
 
 
 @pytest.mark.interpret
+def test_triton_finds_the_sequence_of_every_unit_past_one_search_block(device):
+    """More sequences than one search block reads (SEARCH_BLOCK): every unit of work finds its
+    own sequence (the count of sequences ending at or before it). The search is the
+    forward's; prefix units and patch tiles both land in the right rows."""
+    count = _backend.kernels("interp_pos_embed").SEARCH_BLOCK.value + 9
+    grids = random_grids(count, 2, 2)
+    opts = dict(mode="bilinear", antialias=False, align_corners=False)
+    tokens, grid_sizes, cu = packed_batch(grids, 1, 4, torch.float32, device)
+    pos = torch.randn(2, 3, 4, device=device)
+    out = ak.add_interp_pos_embed(tokens, pos, grid_sizes, cu, num_prefix_tokens=1, backend="triton",
+                                  base_grid=(2, 3), **opts)
+    assert_rel_close(out, oracle_add(tokens, pos, grids, 1, **opts), name="out")
+
+
+@pytest.mark.interpret
 @pytest.mark.parametrize("base, opts", [
     ((1, 1), dict(mode="bicubic", antialias=True, align_corners=False)),
     ((1, 5), dict(mode="bilinear", antialias=False, align_corners=True)),
