@@ -180,7 +180,8 @@ def _forward_kernel(
     for k0 in range(0, patch_numel, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         col_ok = _column_mask(cols, patch_numel, VEC)
-        col_mid, col_inner, col_offsets = _walk(mid, inner, start, k_mid, k_inner, k_offset, inner_carry, mid_carry, n_mid, n_inner)
+        col_mid, col_inner, col_offsets = _walk(mid, inner, start, k_mid, k_inner, k_offset, inner_carry, mid_carry,
+                                                n_mid, n_inner)
         offsets = _patch_offsets(row_offsets, col_offsets, VEC)
         patches = tl.load(base + offsets, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
         weight = tl.load(w_ptr + n[None, :] * patch_numel + cols[:, None], mask=col_ok[:, None] & n_ok[None, :],
