@@ -367,9 +367,10 @@ def test_kernels_compile_for_gpu():
 # Hot-loop warp-instructions per (query, key) pair on sm_90 (a static proxy for speed, not a
 # speed): the forward's budget is the Triton tutorial's fused attention forward at the same
 # shapes (0.255 at D=64 and 128, measured with the shared sass_audit tool); the backward's
-# (dK/dV + dQ loops) is this code's own at D=64, recorded so that growth fails.
+# (dK/dV + dQ loops) is the tutorial's fused backward at D=64 (its dK/dV and dQ loops at its
+# 32 x 128 / 128 x 32 tiles, 4 warps, 5 stages: 0.599 under Triton 3.9, 0.594 under 3.6).
 FWD_PER_PAIR_BUDGET = 0.255
-BWD_PER_PAIR_BUDGET = {64: 0.67}
+BWD_PER_PAIR_BUDGET = {64: 0.599}
 
 
 @pytest.mark.slow
