@@ -9,7 +9,11 @@ Forward: a persistent grid walks *units*: a tile of BLOCK_H x BLOCK_W output pos
 one sequence (or a block of its prefix tokens, copied). Per base row ``a`` a tile reaches,
 the columns are interpolated once (gathered taps along Gw), then spread over the tile's
 rows with their weights for ``a``: separable, so each base row is read once per tile.
-Unit counts per sequence are a device cumsum; the kernel reads the total.
+Unit counts per sequence are a device cumsum; the kernel reads the total, and each unit
+finds its sequence by a vectorised count over that cumsum (independent loads, no chain of
+dependent ones as a binary search has). The tile is one (rows, columns, channels) layout
+throughout, so a base row's interpolated columns reach the tile's rows without a layout
+conversion through shared memory.
 
 Backward (to pos_embed): one program per (base row a, block of base columns, D block,
 split of the sequences) sums w_h(r, a) * w_w(c, b) * dOut[r, c] over the output positions
@@ -31,6 +35,9 @@ BLOCK_W = 16
 MAX_BLOCK_D = 64
 # Prefix tokens copied per unit.
 BLOCK_P = BLOCK_H * BLOCK_W
+# Unit offsets one program's sequence search reads at a time, and what pads them.
+SEARCH_BLOCK = tl.constexpr(128)
+MAX_UNITS = tl.constexpr(2**31 - 1)
 # Backward: base columns per program and output columns per step (both >= 16: tl.dot).
 MAX_BLOCK_B = 32
 BLOCK_C = 32
@@ -151,7 +158,7 @@ def _weight_of(j, lo, count, pos, inv, total, in_size, ANTIALIAS: tl.constexpr, 
 @triton.jit
 def _interp_fwd_kernel(
     pos_ptr, tok_ptr, out_ptr, grid_ptr, cu_ptr, unit_ptr,
-    num_seqs, search_steps, base_h, base_w, dim, num_prefix, stride_tok, stride_out,
+    num_seqs, base_h, base_w, dim, num_prefix, stride_tok, stride_out,
     ADD: tl.constexpr, MODE: tl.constexpr, ANTIALIAS: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
     HALF_TAPS: tl.constexpr, CUBIC_A: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -161,14 +168,13 @@ def _interp_fwd_kernel(
     num_units = tl.load(unit_ptr + num_seqs)
     prefix_units = tl.cdiv(num_prefix, BLOCK_P)
     for unit in range(tl.program_id(0), num_units, tl.num_programs(0)):
-        # The sequence owning this unit: unit_offsets[seq] <= unit < unit_offsets[seq + 1].
-        seq = tl.full([], 0, tl.int32)
-        seq_end = seq + num_seqs
-        for step in range(search_steps):
-            mid = (seq + seq_end) // 2
-            right = tl.load(unit_ptr + mid) <= unit
-            seq = tl.where(right, mid, seq)
-            seq_end = tl.where(right, seq_end, mid)
+        # The sequence owning this unit: the number of sequences whose units end at or before
+        # it (unit_offsets[seq + 1] <= unit), SEARCH_BLOCK offsets per independent load.
+        seq = unit * 0
+        for first in range(0, num_seqs, SEARCH_BLOCK):
+            offs = first + tl.arange(0, SEARCH_BLOCK)
+            ends = tl.load(unit_ptr + 1 + offs, mask=offs < num_seqs, other=MAX_UNITS)
+            seq += tl.sum((ends <= unit).to(tl.int32), 0)
         local = unit - tl.load(unit_ptr + seq)
         start = tl.load(cu_ptr + seq).to(tl.int64)
         if local < prefix_units:
@@ -183,41 +189,44 @@ def _interp_fwd_kernel(
             w = tl.load(grid_ptr + 2 * seq + 1)
             tile = local - prefix_units
             tiles_w = tl.cdiv(w, BLOCK_W)
-            r = (tile // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)
-            c = (tile % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)
+            # Rows, columns and channels are the three axes of one (BLOCK_H, BLOCK_W, BLOCK_D)
+            # layout from the start: a base row interpolated along the columns is added to
+            # the tile's rows as it is, never converted through shared memory.
+            r = ((tile // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H))[:, None, None]
+            c = ((tile % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W))[None, :, None]
+            d3 = d[None, None, :]
+            d3_ok = d_ok[None, None, :]
             r_ok = r < h
             c_ok = c < w
             lo_r, cnt_r, pos_r, inv_r, last_r = _window(r, base_h, h, ANTIALIAS, ALIGN_CORNERS, MODE, HALF_TAPS)
             cnt_r = tl.where(r_ok, cnt_r, 0)
-            tot_r = _window_total(lo_r, cnt_r, pos_r, inv_r, tl.max(cnt_r, 0), ANTIALIAS, MODE, CUBIC_A)
+            tot_r = _window_total(lo_r, cnt_r, pos_r, inv_r, tl.max(cnt_r), ANTIALIAS, MODE, CUBIC_A)
             lo_c, cnt_c, pos_c, inv_c, last_c = _window(c, base_w, w, ANTIALIAS, ALIGN_CORNERS, MODE, HALF_TAPS)
             cnt_c = tl.where(c_ok, cnt_c, 0)
-            max_cnt_c = tl.max(cnt_c, 0)
+            max_cnt_c = tl.max(cnt_c)
             tot_c = _window_total(lo_c, cnt_c, pos_c, inv_c, max_cnt_c, ANTIALIAS, MODE, CUBIC_A)
             # Base rows reached by the tile's rows (windows are monotone in the row index).
-            a_begin = tl.min(tl.where(r_ok, tl.minimum(tl.maximum(lo_r, 0), base_h - 1), base_h), 0)
-            a_end = tl.max(tl.where(r_ok, last_r + 1, 0), 0)
+            a_begin = tl.min(tl.where(r_ok, tl.minimum(tl.maximum(lo_r, 0), base_h - 1), base_h))
+            a_end = tl.max(tl.where(r_ok, last_r + 1, 0))
             acc = tl.zeros((BLOCK_H, BLOCK_W, BLOCK_D), tl.float32)
             for a in range(a_begin, a_end):
                 w_r, hit_r = _tap_weight(a, lo_r, cnt_r, pos_r, inv_r, tot_r, base_h, ANTIALIAS, MODE, HALF_TAPS,
                                          CUBIC_A)
-                row = tl.zeros((BLOCK_W, BLOCK_D), tl.float32)
+                row = tl.zeros((1, BLOCK_W, BLOCK_D), tl.float32)
                 for k in range(0, max_cnt_c):
                     x = lo_c + k
                     tap_ok = c_ok & (k < cnt_c)
                     w_c = tl.where(tap_ok, _filter((x.to(tl.float32) - pos_c) * inv_c, MODE, CUBIC_A), 0.0) / tot_c
                     b = tl.minimum(tl.maximum(x, 0), base_w - 1)
-                    offs = (a * base_w + b)[:, None] * dim + d[None, :]
-                    vals = tl.load(pos_ptr + offs, mask=tap_ok[:, None] & d_ok[None, :], other=0.0)
-                    row += w_c[:, None] * vals.to(tl.float32)
+                    vals = tl.load(pos_ptr + (a * base_w + b) * dim + d3, mask=tap_ok & d3_ok, other=0.0)
+                    row += w_c * vals.to(tl.float32)
                 # Only the tile rows that sample base row a: 0 * NaN must not reach the others.
-                acc += tl.where(hit_r[:, None, None], w_r[:, None, None] * row[None, :, :], 0.0)
-            tokens = start + num_prefix + (r[:, None] * w + c[None, :]).to(tl.int64)
-            mask = (r_ok[:, None] & c_ok[None, :])[:, :, None] & d_ok[None, None, :]
+                acc += tl.where(hit_r, w_r * row, 0.0)
+            tokens = start + num_prefix + (r * w + c).to(tl.int64)
+            mask = r_ok & c_ok & d3_ok
             if ADD:
-                acc += tl.load(tok_ptr + tokens[:, :, None] * stride_tok + d[None, None, :], mask=mask).to(tl.float32)
-            tl.store(out_ptr + tokens[:, :, None] * stride_out + d[None, None, :],
-                     acc.to(out_ptr.dtype.element_ty), mask=mask)
+                acc += tl.load(tok_ptr + tokens * stride_tok + d3, mask=mask).to(tl.float32)
+            tl.store(out_ptr + tokens * stride_out + d3, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -293,11 +302,6 @@ def _num_sms(device) -> int:
     return 1
 
 
-def _search_steps(num_seqs: int) -> int:
-    # Halvings that shrink [0, num_seqs) to one candidate.
-    return max(num_seqs - 1, 0).bit_length()
-
-
 def interp_forward(pos_embed, grid_sizes, cu_seqlens, out, *, tokens=None, num_prefix_tokens=0,
                    mode, antialias, align_corners):
     """Write into ``out`` (T, D) every sequence's resampled grid (plus ``tokens`` when given).
@@ -325,7 +329,7 @@ def interp_forward(pos_embed, grid_sizes, cu_seqlens, out, *, tokens=None, num_p
     tok = tokens if tokens is not None else out
     _interp_fwd_kernel[grid](
         pos_embed, tok, out, grid_sizes, cu_seqlens, unit_offsets,
-        num_seqs, _search_steps(num_seqs), base_h, base_w, dim, num_prefix_tokens, tok.stride(0), out.stride(0),
+        num_seqs, base_h, base_w, dim, num_prefix_tokens, tok.stride(0), out.stride(0),
         ADD=tokens is not None, **mode_constants(mode, antialias, align_corners),
         BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, BLOCK_D=block_d, BLOCK_P=BLOCK_P,
     )

@@ -8,15 +8,21 @@ channels-last ones (CHANNELS_LAST); the launcher permutes the small weight to ma
 every patch row is made of aligned runs of VEC contiguous pixels, the kernels say so to the
 compiler, which then loads VEC pixels at once (16 bytes) and pipelines them (cp.async).
 
-Tokens are processed in tiles of BLOCK_M that never straddle two images, so each program
-knows its image's strides as scalars. Two ways to find an image:
+Tokens are processed in tiles of BLOCK_M; every tile's images share their strides, so
+each program knows them as scalars. Two ways to find an image:
 
-* a batch (B, C, H, W): tile -> (image, first token) by division; PACKED=False.
+* a batch (B, C, H, W): tiles run over the flat token index and span images (at 196
+  tokens per image, per-image tiles of 128 would leave 23% of the rows idle); each row's
+  image and patch come from a division once per tile; PACKED=False.
 * a list of images of different sizes (packed output): a small int64 table per call holds,
   per image, its *address* and strides, and per tile, (image, first token); the kernel
-  casts the address to a pointer. The images stay where they are: no gather into one flat
-  buffer (that copy would read and write every pixel once more, about as much memory
-  traffic as the patch embedding itself moves for ViT-sized D).
+  casts the address to a pointer. Tiles stay within one image. The images stay where they
+  are: no gather into one flat buffer (that copy would read and write every pixel once
+  more, about as much memory traffic as the patch embedding itself moves for ViT-sized D).
+
+Offsets are strength-reduced: a patch column (and in grad_weight's token loop, a token) is
+a mixed-radix number whose digits are advanced by a constant step with adds and compares
+(:func:`_walk`), so no hot loop divides.
 """
 
 from typing import NamedTuple, Optional
@@ -32,11 +38,72 @@ TABLE_COLS = tl.constexpr(8)  # constexpr: the kernels read it too
 
 
 @triton.jit
-def _tile_geometry(x_ptr, table_ptr, tiles_ptr, tile, stride_b, stride_c, stride_h, stride_w, tokens_per_image,
-                   grid_w, BLOCK_M: tl.constexpr, PACKED: tl.constexpr, VEC: tl.constexpr):
-    """Token tile ``tile`` -> (pointer to its image's pixel [0, 0, 0], the image's channel,
-    row and column strides, its first packed token, patches per row, the tile's tokens
-    within the image (BLOCK_M, int64) and which of them exist)."""
+def _digits(index, n_mid, n_inner):
+    """``index`` in the mixed radix (..., n_mid, n_inner): its (outer, mid, inner) digits."""
+    outer = index // (n_mid * n_inner)
+    rest = index - outer * (n_mid * n_inner)
+    mid = rest // n_inner
+    return outer, mid, rest - mid * n_inner
+
+
+@triton.jit
+def _walk_constants(step, n_mid, n_inner, s_outer, s_mid, s_inner):
+    """What advancing an index by ``step`` adds, for :func:`_walk`: the step's mid and inner
+    digits, its offset, and the offset corrections of a carry out of inner and out of mid."""
+    d_outer, d_mid, d_inner = _digits(step, n_mid, n_inner)
+    return (d_mid, d_inner, d_outer * s_outer + d_mid * s_mid + d_inner * s_inner, s_mid - n_inner * s_inner,
+            s_outer - n_mid * s_mid)
+
+
+@triton.jit
+def _walk(mid, inner, offset, d_mid, d_inner, d_offset, inner_carry, mid_carry, n_mid, n_inner):
+    """Advance indices held as (mid, inner) digits and their element offset by the step of
+    :func:`_walk_constants`: adds and compares only, no division (a step carries at most
+    once per digit, as each digit stays below its radix)."""
+    inner += d_inner
+    carry = inner >= n_inner
+    inner = tl.where(carry, inner - n_inner, inner)
+    mid += d_mid + carry.to(tl.int32)
+    offset += d_offset + tl.where(carry, inner_carry, 0)
+    carry = mid >= n_mid
+    mid = tl.where(carry, mid - n_mid, mid)
+    offset += tl.where(carry, mid_carry, 0)
+    return mid, inner, offset
+
+
+@triton.jit
+def _offset(outer, mid, inner, s_outer, s_mid, s_inner):
+    return outer * s_outer + mid * s_mid + inner * s_inner
+
+
+@triton.jit
+def _column_radix(chans, patch_h, patch_w, CHANNELS_LAST: tl.constexpr):
+    """Patch columns as a mixed radix (..., n_mid, n_inner): column k is (c*ph + i)*pw + j,
+    or (i*pw + j)*C + c with CHANNELS_LAST."""
+    if CHANNELS_LAST:
+        return patch_w, chans
+    else:
+        return patch_h, patch_w
+
+
+@triton.jit
+def _column_strides(stride_c, stride_h, stride_w, CHANNELS_LAST: tl.constexpr):
+    """Element strides of the (outer, mid, inner) column digits of :func:`_column_radix`."""
+    if CHANNELS_LAST:
+        return stride_h, stride_w, stride_c
+    else:
+        return stride_c, stride_h, stride_w
+
+
+@triton.jit
+def _tile_rows(x_ptr, table_ptr, tiles_ptr, tile, stride_b, stride_c, stride_h, stride_w, tokens_per_image, grid_w,
+               num_tokens, patch_h, patch_w, BLOCK_M: tl.constexpr, PACKED: tl.constexpr, VEC: tl.constexpr):
+    """Token tile ``tile`` -> (pointer its rows are offset from, the channel, row and column
+    strides of its image(s) (int64), each row's element offset to its patch origin
+    (BLOCK_M, int64), its output row (int64) and which rows exist).
+
+    A batch's tiles run over the flat token index, across images (all share the strides); a
+    packed list's tiles stay within one image, found through the tile table."""
     if PACKED:
         image = tl.load(tiles_ptr + 2 * tile)
         row0 = tl.load(tiles_ptr + 2 * tile + 1)
@@ -44,48 +111,32 @@ def _tile_geometry(x_ptr, table_ptr, tiles_ptr, tile, stride_b, stride_c, stride
         base = tl.load(meta).to(tl.pointer_type(x_ptr.dtype.element_ty))
         if VEC > 1:  # in bytes: the launcher checked every image's address
             base = tl.multiple_of(base, VEC * x_ptr.dtype.element_ty.primitive_bitwidth // 8)
+        sc, sh, sw = tl.load(meta + 1), tl.load(meta + 2), tl.load(meta + 3)
         rows = row0 + tl.arange(0, BLOCK_M)
-        return (base, tl.load(meta + 1), tl.load(meta + 2), tl.load(meta + 3), tl.load(meta + 4), tl.load(meta + 6),
-                rows, rows < tl.load(meta + 5))
+        grid_w = tl.load(meta + 6).to(tl.int32)
+        patch_row = rows.to(tl.int32) // grid_w  # int32: cheaper, and no image has 2**31 tokens
+        offsets = patch_row * (patch_h * sh) + (rows.to(tl.int32) - patch_row * grid_w) * (patch_w * sw)
+        out_rows, row_ok = tl.load(meta + 4) + rows, rows < tl.load(meta + 5)
     else:
-        tiles_per_image = tl.cdiv(tokens_per_image, BLOCK_M)
-        image = tile // tiles_per_image
-        row0 = (tile - image * tiles_per_image) * BLOCK_M
-        image_offset = image * stride_b
-        if VEC > 1:
-            image_offset = tl.multiple_of(image_offset, VEC)
-        rows = row0 + tl.arange(0, BLOCK_M)
-        return (x_ptr + image_offset, stride_c, stride_h, stride_w, image * tokens_per_image, grid_w, rows,
-                rows < tokens_per_image)
-
-
-@triton.jit
-def _token_offsets(rows, grid_w, patch_h, patch_w, stride_h, stride_w, VEC: tl.constexpr):
-    """Element offset of each token's patch origin within its image (int64)."""
-    patch_row = rows // grid_w
-    patch_col = rows - patch_row * grid_w
-    offsets = patch_row * patch_h * stride_h + patch_col * patch_w * stride_w
-    if VEC > 1:
+        base = x_ptr
+        sc, sh, sw = tl.cast(stride_c, tl.int64), tl.cast(stride_h, tl.int64), tl.cast(stride_w, tl.int64)
+        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        image, patch_row, patch_col = _digits(rows.to(tl.int32), tokens_per_image // grid_w, grid_w)
+        offsets = _offset(image, patch_row, patch_col, tl.cast(stride_b, tl.int64), patch_h * sh, patch_w * sw)
+        out_rows, row_ok = rows, rows < num_tokens
+    if VEC > 1:  # patch origins start runs (see _vector_width)
         offsets = tl.multiple_of(offsets, [VEC])
-    return offsets
+    return base, sc, sh, sw, offsets, out_rows, row_ok
 
 
 @triton.jit
-def _column_offsets(cols, chans, patch_h, patch_w, stride_c, stride_h, stride_w, VEC: tl.constexpr,
-                    CHANNELS_LAST: tl.constexpr):
-    """Element offset of each patch column from the patch origin (int64). Column k is
-    (c*ph + i)*pw + j, or (i*pw + j)*C + c with CHANNELS_LAST."""
-    cols = cols.to(tl.int64)
-    if CHANNELS_LAST:
-        pixel = cols // chans
-        chan = cols - pixel * chans
-    else:
-        chan = cols // (patch_h * patch_w)
-        pixel = cols - chan * (patch_h * patch_w)
-    i = pixel // patch_w
-    offsets = chan * stride_c + i * stride_h + (pixel - i * patch_w) * stride_w
-    if VEC > 1:  # runs of VEC contiguous, VEC-aligned elements (see _vector_width)
-        offsets = tl.max_contiguous(tl.multiple_of(offsets, [VEC]), [VEC])
+def _patch_offsets(row_offsets, col_offsets, VEC: tl.constexpr):
+    """(rows, columns) element offsets of a tile of patches. With VEC > 1 each row is made of
+    runs of VEC contiguous, VEC-aligned elements (see _vector_width): said on the sum, whose
+    add no rewrite drops, so the loads are vectorised."""
+    offsets = row_offsets[:, None] + col_offsets[None, :]
+    if VEC > 1:
+        offsets = tl.max_contiguous(tl.multiple_of(offsets, [VEC, VEC]), [1, VEC])
     return offsets
 
 
@@ -100,7 +151,7 @@ def _column_mask(cols, patch_numel, VEC: tl.constexpr):
 @triton.jit
 def _forward_kernel(
     x_ptr, table_ptr, tiles_ptr, w_ptr, bias_ptr, out_ptr,
-    stride_b, stride_c, stride_h, stride_w, tokens_per_image, grid_w,
+    stride_b, stride_c, stride_h, stride_w, tokens_per_image, grid_w, num_tokens,
     chans, patch_h, patch_w, patch_numel, embed_dim,
     HAS_BIAS: tl.constexpr, PACKED: tl.constexpr, CHANNELS_LAST: tl.constexpr, VEC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -111,24 +162,34 @@ def _forward_kernel(
     num_n = tl.cdiv(embed_dim, BLOCK_N)
     tile = pid // num_n
     n = (pid - tile * num_n) * BLOCK_N + tl.arange(0, BLOCK_N)
-    base, sc, sh, sw, token_start, gw, rows, row_ok = _tile_geometry(
+    base, sc, sh, sw, row_offsets, out_rows, row_ok = _tile_rows(
         x_ptr, table_ptr, tiles_ptr, tile, stride_b, stride_c, stride_h, stride_w, tokens_per_image, grid_w,
-        BLOCK_M, PACKED, VEC)
+        num_tokens, patch_h, patch_w, BLOCK_M, PACKED, VEC)
     n_ok = n < embed_dim
-    token_offsets = _token_offsets(rows, gw, patch_h, patch_w, sh, sw, VEC)
+    # Column k0 + kk = the block start's digits plus those of kk, with at most one carry per
+    # digit: the start is walked BLOCK_K at a time as scalars, so the loop never divides.
+    n_mid, n_inner = _column_radix(chans, patch_h, patch_w, CHANNELS_LAST)
+    s_outer, s_mid, s_inner = _column_strides(sc, sh, sw, CHANNELS_LAST)
+    k_mid, k_inner, k_offset, inner_carry, mid_carry = _walk_constants(tl.arange(0, BLOCK_K), n_mid, n_inner,
+                                                                       s_outer, s_mid, s_inner)
+    d_mid, d_inner, d_offset, inner_carry, mid_carry = _walk_constants(BLOCK_K, n_mid, n_inner, s_outer, s_mid, s_inner)
+    mid = tl.zeros([], tl.int32)
+    inner = tl.zeros([], tl.int32)
+    start = tl.zeros([], tl.int64)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, patch_numel, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         col_ok = _column_mask(cols, patch_numel, VEC)
-        offsets = (token_offsets[:, None]
-                   + _column_offsets(cols, chans, patch_h, patch_w, sc, sh, sw, VEC, CHANNELS_LAST)[None, :])
+        col_mid, col_inner, col_offsets = _walk(mid, inner, start, k_mid, k_inner, k_offset, inner_carry, mid_carry,
+                                                n_mid, n_inner)
+        offsets = _patch_offsets(row_offsets, col_offsets, VEC)
         patches = tl.load(base + offsets, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
         weight = tl.load(w_ptr + n[None, :] * patch_numel + cols[:, None], mask=col_ok[:, None] & n_ok[None, :],
                          other=0.0)
         acc = dot(patches, weight, acc)
+        mid, inner, start = _walk(mid, inner, start, d_mid, d_inner, d_offset, inner_carry, mid_carry, n_mid, n_inner)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    out_rows = token_start + rows
     tl.store(out_ptr + out_rows[:, None] * embed_dim + n[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None] & n_ok[None, :])
 
@@ -136,7 +197,7 @@ def _forward_kernel(
 @triton.jit
 def _grad_input_kernel(
     gx_ptr, table_ptr, tiles_ptr, w_ptr, grad_ptr,
-    stride_b, stride_c, stride_h, stride_w, tokens_per_image, grid_w,
+    stride_b, stride_c, stride_h, stride_w, tokens_per_image, grid_w, num_tokens,
     chans, patch_h, patch_w, patch_numel, embed_dim,
     PACKED: tl.constexpr, CHANNELS_LAST: tl.constexpr, VEC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -147,11 +208,10 @@ def _grad_input_kernel(
     num_k = tl.cdiv(patch_numel, BLOCK_K)
     tile = pid // num_k
     cols = (pid - tile * num_k) * BLOCK_K + tl.arange(0, BLOCK_K)
-    base, sc, sh, sw, token_start, gw, rows, row_ok = _tile_geometry(
+    base, sc, sh, sw, row_offsets, grad_rows, row_ok = _tile_rows(
         gx_ptr, table_ptr, tiles_ptr, tile, stride_b, stride_c, stride_h, stride_w, tokens_per_image, grid_w,
-        BLOCK_M, PACKED, VEC)
+        num_tokens, patch_h, patch_w, BLOCK_M, PACKED, VEC)
     col_ok = _column_mask(cols, patch_numel, VEC)
-    grad_rows = token_start + rows
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
     for d0 in range(0, embed_dim, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
@@ -161,21 +221,25 @@ def _grad_input_kernel(
         weight = tl.load(w_ptr + d[:, None] * patch_numel + cols[None, :], mask=d_ok[:, None] & col_ok[None, :],
                          other=0.0)
         acc = dot(grad, weight, acc)
-    offsets = (_token_offsets(rows, gw, patch_h, patch_w, sh, sw, VEC)[:, None]
-               + _column_offsets(cols, chans, patch_h, patch_w, sc, sh, sw, VEC, CHANNELS_LAST)[None, :])
+    n_mid, n_inner = _column_radix(chans, patch_h, patch_w, CHANNELS_LAST)
+    s_outer, s_mid, s_inner = _column_strides(sc, sh, sw, CHANNELS_LAST)
+    outer, mid, inner = _digits(cols, n_mid, n_inner)
+    offsets = _patch_offsets(row_offsets, _offset(outer, mid, inner, s_outer, s_mid, s_inner), VEC)
     tl.store(base + offsets, acc.to(gx_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
 @triton.jit
 def _grad_weight_kernel(
     x_ptr, table_ptr, tiles_ptr, grad_ptr, partial_ptr,
-    stride_b, stride_c, stride_h, stride_w, tokens_per_image, grid_w,
+    stride_b, stride_c, stride_h, stride_w, tokens_per_image, grid_w, num_tokens,
     chans, patch_h, patch_w, patch_numel, embed_dim, num_tiles, tiles_per_split,
     PACKED: tl.constexpr, CHANNELS_LAST: tl.constexpr, VEC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # grad_W[d, k] = sum over tokens of grad[t, d] * patch[t, k]. Axis 1 splits the token
     # tiles; each split writes its own float32 partial (summed by the launcher: deterministic).
+    # The geometry is hoisted out of the token loop: the columns' digits once, and for a
+    # batch the rows' offsets too, walked BLOCK_M tokens at a time with adds.
     pid = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1).to(tl.int64)
     num_k = tl.cdiv(patch_numel, BLOCK_K)
@@ -184,19 +248,40 @@ def _grad_weight_kernel(
     cols = (pid - d_block * num_k) * BLOCK_K + tl.arange(0, BLOCK_K)
     d_ok = d < embed_dim
     col_ok = _column_mask(cols, patch_numel, VEC)
-    acc = tl.zeros((BLOCK_D, BLOCK_K), dtype=tl.float32)
+    n_mid, n_inner = _column_radix(chans, patch_h, patch_w, CHANNELS_LAST)
+    c_outer, c_mid, c_inner = _digits(cols, n_mid, n_inner)
     first = split * tiles_per_split
     last = tl.minimum(first + tiles_per_split, num_tiles)
+    if not PACKED:
+        base, sc, sh, sw, row_offsets, rows, row_ok = _tile_rows(
+            x_ptr, table_ptr, tiles_ptr, first, stride_b, stride_c, stride_h, stride_w, tokens_per_image, grid_w,
+            num_tokens, patch_h, patch_w, BLOCK_M, PACKED, VEC)
+        s_outer, s_mid, s_inner = _column_strides(sc, sh, sw, CHANNELS_LAST)
+        col_offsets = _offset(c_outer, c_mid, c_inner, s_outer, s_mid, s_inner)
+        grid_h = tokens_per_image // grid_w
+        _, r_mid, r_inner = _digits(rows.to(tl.int32), grid_h, grid_w)
+        d_mid, d_inner, d_offset, inner_carry, mid_carry = _walk_constants(
+            BLOCK_M, grid_h, grid_w, tl.cast(stride_b, tl.int64), patch_h * sh, patch_w * sw)
+    acc = tl.zeros((BLOCK_D, BLOCK_K), dtype=tl.float32)
     for tile in range(first, last):
-        base, sc, sh, sw, token_start, gw, rows, row_ok = _tile_geometry(
-            x_ptr, table_ptr, tiles_ptr, tile, stride_b, stride_c, stride_h, stride_w, tokens_per_image, grid_w,
-            BLOCK_M, PACKED, VEC)
-        grad = tl.load(grad_ptr + (token_start + rows)[:, None] * embed_dim + d[None, :],
-                       mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        offsets = (_token_offsets(rows, gw, patch_h, patch_w, sh, sw, VEC)[:, None]
-                   + _column_offsets(cols, chans, patch_h, patch_w, sc, sh, sw, VEC, CHANNELS_LAST)[None, :])
-        patches = tl.load(base + offsets, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+        if PACKED:
+            base, sc, sh, sw, row_offsets, rows, row_ok = _tile_rows(
+                x_ptr, table_ptr, tiles_ptr, tile, stride_b, stride_c, stride_h, stride_w, tokens_per_image, grid_w,
+                num_tokens, patch_h, patch_w, BLOCK_M, PACKED, VEC)
+            s_outer, s_mid, s_inner = _column_strides(sc, sh, sw, CHANNELS_LAST)
+            col_offsets = _offset(c_outer, c_mid, c_inner, s_outer, s_mid, s_inner)
+        grad = tl.load(grad_ptr + rows[:, None] * embed_dim + d[None, :], mask=row_ok[:, None] & d_ok[None, :],
+                       other=0.0)
+        patches = tl.load(base + _patch_offsets(row_offsets, col_offsets, VEC), mask=row_ok[:, None] & col_ok[None, :],
+                          other=0.0)
         acc = dot(tl.trans(grad), patches, acc)
+        if not PACKED:
+            rows += BLOCK_M
+            row_ok = rows < num_tokens
+            r_mid, r_inner, row_offsets = _walk(r_mid, r_inner, row_offsets, d_mid, d_inner, d_offset, inner_carry,
+                                               mid_carry, grid_h, grid_w)
+            if VEC > 1:
+                row_offsets = tl.multiple_of(row_offsets, [VEC])
     out = partial_ptr + split * embed_dim * patch_numel + d[:, None] * patch_numel + cols[None, :]
     tl.store(out, acc, mask=d_ok[:, None] & col_ok[None, :])
 
@@ -211,8 +296,9 @@ class _Pixels(NamedTuple):
     table: Optional[torch.Tensor]  # packed: per-image rows (TABLE_COLS int64 each)
     tiles: Optional[torch.Tensor]  # packed: (image, first token) per tile
     strides: tuple  # batch: (stride_b, stride_c, stride_h, stride_w); packed: unused zeros
-    tokens_per_image: int
+    tokens_per_image: int  # batch only (packed: 0), as grid_w and num_tokens
     grid_w: int
+    num_tokens: int
     num_tiles: int
     packed: bool
     channels_last: bool  # column order (i, j, c) instead of (c, i, j)
@@ -222,7 +308,7 @@ class _Pixels(NamedTuple):
         return self.ptr, self.table, self.tiles
 
     def geometry_args(self):
-        return (*self.strides, self.tokens_per_image, self.grid_w)
+        return (*self.strides, self.tokens_per_image, self.grid_w, self.num_tokens)
 
     def flags(self):
         return dict(PACKED=self.packed, CHANNELS_LAST=self.channels_last, VEC=self.vec)
@@ -268,8 +354,9 @@ def _pixels(images, patch_h: int, patch_w: int, block_m: int) -> _Pixels:
         grid_w, tokens = width // patch_w, (height // patch_h) * (width // patch_w)
         views = [(images.data_ptr(), tuple(images.shape), images.stride())]
         channels_last = _is_channels_last(views)
-        return _Pixels(images, None, None, images.stride(), tokens, grid_w, batch * triton.cdiv(tokens, block_m),
-                       False, channels_last, _vector_width(views, patch_w, images.element_size(), channels_last))
+        return _Pixels(images, None, None, images.stride(), tokens, grid_w, batch * tokens,
+                       triton.cdiv(batch * tokens, block_m), False, channels_last,
+                       _vector_width(views, patch_w, images.element_size(), channels_last))
     rows, counts, start = [], [], 0
     for image in images:
         grid_w = image.shape[2] // patch_w
@@ -289,7 +376,7 @@ def _pixels(images, patch_h: int, patch_w: int, block_m: int) -> _Pixels:
     ref = next((image for image in images if image.numel() > 0), images[0])
     views = [(x.data_ptr(), tuple(x.shape), x.stride()) for x in images if x.numel() > 0]
     channels_last = _is_channels_last(views)
-    return _Pixels(ref, host[:table_len], host[table_len:], (0, 0, 0, 0), 0, 0, tile_image.numel(), True,
+    return _Pixels(ref, host[:table_len], host[table_len:], (0, 0, 0, 0), 0, 0, 0, tile_image.numel(), True,
                    channels_last, _vector_width(views, patch_w, ref.element_size(), channels_last))
 
 
@@ -319,8 +406,11 @@ def default_config(kind: str, dtype: torch.dtype, num_tokens: int, embed_dim: in
     block_k = min(64, max(16, triton.next_power_of_2(patch_numel)))
     if kind == "grad_input":
         return dict(BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=depth, num_warps=4, num_stages=3)
-    block_d = min(64, max(16, triton.next_power_of_2(embed_dim)))
-    return dict(BLOCK_M=depth, BLOCK_D=block_d, BLOCK_K=block_k, num_warps=4, num_stages=3)
+    # grad_weight: 128 x 128 output tiles (half the operand traffic per product of 64 x 64).
+    block_d = min(128, max(16, triton.next_power_of_2(embed_dim)))
+    block_k = min(128, max(16, triton.next_power_of_2(patch_numel)))
+    warps = 8 if block_d * block_k >= 128 * 128 else 4
+    return dict(BLOCK_M=depth, BLOCK_D=block_d, BLOCK_K=block_k, num_warps=warps, num_stages=3)
 
 
 def _geometry(images, chans, patch_h, patch_w):

@@ -24,6 +24,8 @@ LOG2E_C = tl.constexpr(LOG2E)
 LN2_C = tl.constexpr(0.6931471805599453)
 MAX_PROGRAMS = 2**31 - 1
 MAX_PROGRAMS_C = tl.constexpr(MAX_PROGRAMS)
+# Programs per SM of the persistent attention kernels (see persistent_programs).
+PROGRAMS_PER_SM = 4
 # Schedule entries one program's search reads at a time.
 SEARCH_BLOCK = tl.constexpr(256)
 
@@ -80,16 +82,15 @@ def visible(offs_self, offs_other, diag, lower, upper, HAS_LOWER: tl.constexpr, 
 
 
 @triton.jit
-def program_tile(cu_seqlens_q, cu_seqlens_k, tile_end, seq_order, num_seqs, num_heads, BLOCK: tl.constexpr,
+def program_tile(item, cu_seqlens_q, cu_seqlens_k, tile_end, seq_order, num_seqs, num_heads, BLOCK: tl.constexpr,
                  TILES_ON_K: tl.constexpr, LAST_FIRST: tl.constexpr):
-    """(slot, head, block, q_start, len_q, k_start, len_k) of this program under the schedule
-    of :func:`tile_schedule`: heads vary fastest on the flat grid axis (the query heads sharing
-    a kv head run side by side and reuse its K/V from L2), then the real tiles of the
-    sequences in ``seq_order``, whose tiles end at ``tile_end``. Tiles run along the keys
-    (TILES_ON_K) or the queries; within a sequence the last block first (LAST_FIRST) or the
-    first. ``slot`` >= num_seqs: a program past the last tile, which does nothing."""
-    pid = tl.program_id(0)
-    t = pid // num_heads
+    """(slot, head, block, q_start, len_q, k_start, len_k) of (tile, head) pair ``item`` (below
+    the real count) under the schedule of :func:`tile_schedule`: heads vary fastest (the query
+    heads sharing a kv head run side by side and reuse its K/V from L2), then the real tiles
+    of the sequences in ``seq_order``, whose tiles end at ``tile_end``. Tiles run along the
+    keys (TILES_ON_K) or the queries; within a sequence the last block first (LAST_FIRST) or
+    the first."""
+    t = item // num_heads
     # Vectorised search: the tile's sequence is the first slot whose tiles end after t.
     slot = t * 0
     for first in range(0, num_seqs, SEARCH_BLOCK):
@@ -109,7 +110,7 @@ def program_tile(cu_seqlens_q, cu_seqlens_k, tile_end, seq_order, num_seqs, num_
         block = t - (end - tl.cdiv(len_k, BLOCK))
     else:
         block = t - (end - tl.cdiv(len_q, BLOCK))
-    return slot, pid % num_heads, block, q_start, len_q, k_start, len_k
+    return slot, item % num_heads, block, q_start, len_q, k_start, len_k
 
 
 @triton.jit
@@ -244,34 +245,36 @@ def _fwd_kernel(
     USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
-    slot, head, m_block, q_start, len_q, k_start, len_k = program_tile(
-        cu_seqlens_q, cu_seqlens_k, tile_end, seq_order, num_seqs, num_heads, BLOCK_M, False, True)
-    if slot >= num_seqs:
-        return
-    m_start = m_block * BLOCK_M
-    diag = len_k - len_q
-    head, offs_m, offs_d, d_ok, row_ok, rows, q, k_base, v_base = query_block(
-        Q, K, V, head, group, m_start, q_start, len_q, k_start, stride_qt, stride_qh, stride_kt, stride_kh,
-        stride_vt, stride_vh, head_dim, BLOCK_M, BLOCK_D)
+    # Persistent: each program takes every num_programs-th (tile, head) pair of the schedule,
+    # whose real count the device knows (see persistent_programs).
+    num_items = tl.load(tile_end + num_seqs - 1) * num_heads
+    for item in range(tl.program_id(0), num_items, tl.num_programs(0)):
+        slot, head, m_block, q_start, len_q, k_start, len_k = program_tile(
+            item, cu_seqlens_q, cu_seqlens_k, tile_end, seq_order, num_seqs, num_heads, BLOCK_M, False, True)
+        m_start = m_block * BLOCK_M
+        diag = len_k - len_q
+        head, offs_m, offs_d, d_ok, row_ok, rows, q, k_base, v_base = query_block(
+            Q, K, V, head, group, m_start, q_start, len_q, k_start, stride_qt, stride_qh, stride_kt, stride_kh,
+            stride_vt, stride_vh, head_dim, BLOCK_M, BLOCK_D)
 
-    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
-    full_lo, n_full, lo, n_before, full_hi, n_masked = visible_range(
-        m_start, BLOCK_M, diag, window_left, window_right, HAS_LEFT, HAS_RIGHT, len_k, BLOCK_N)
-    acc, l_i, m_i = _fwd_full_blocks(acc, l_i, m_i, q, k_base, v_base, K_desc, V_desc, k_start,
-                                     (head // group * BLOCK_D).to(tl.int32), stride_kt, stride_vt, offs_d, d_ok,
-                                     full_lo, n_full, qk_scale, SCALE_NEG, EVEN_D, USE_TMA, BLOCK_N, NUM_STAGES)
-    acc, l_i, m_i = _fwd_masked_blocks(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, d_ok,
-                                       lo, n_before, full_hi, n_masked, diag, len_k, qk_scale, window_left,
-                                       window_right, HAS_LEFT, HAS_RIGHT, BLOCK_N, NUM_STAGES)
+        acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+        l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+        full_lo, n_full, lo, n_before, full_hi, n_masked = visible_range(
+            m_start, BLOCK_M, diag, window_left, window_right, HAS_LEFT, HAS_RIGHT, len_k, BLOCK_N)
+        acc, l_i, m_i = _fwd_full_blocks(acc, l_i, m_i, q, k_base, v_base, K_desc, V_desc, k_start,
+                                         (head // group * BLOCK_D).to(tl.int32), stride_kt, stride_vt, offs_d, d_ok,
+                                         full_lo, n_full, qk_scale, SCALE_NEG, EVEN_D, USE_TMA, BLOCK_N, NUM_STAGES)
+        acc, l_i, m_i = _fwd_masked_blocks(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, d_ok,
+                                           lo, n_before, full_hi, n_masked, diag, len_k, qk_scale, window_left,
+                                           window_right, HAS_LEFT, HAS_RIGHT, BLOCK_N, NUM_STAGES)
 
-    seen = l_i > 0.0
-    l_safe = tl.where(seen, l_i, 1.0)
-    out = acc * (1.0 / l_safe)[:, None]  # one reciprocal per row; rows that saw no key have acc = 0
-    lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * LN2_C, float("-inf"))
-    store_rows(Out + head * stride_oh, rows, stride_ot, offs_d, out, row_ok)
-    tl.store(Lse + head * stride_lse_h + rows, lse, mask=offs_m < len_q)
+        seen = l_i > 0.0
+        l_safe = tl.where(seen, l_i, 1.0)
+        out = acc * (1.0 / l_safe)[:, None]  # one reciprocal per row; rows that saw no key have acc = 0
+        lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * LN2_C, float("-inf"))
+        store_rows(Out + head * stride_oh, rows, stride_ot, offs_d, out, row_ok)
+        tl.store(Lse + head * stride_lse_h + rows, lse, mask=offs_m < len_q)
 
 
 def head_block(head_dim: int) -> int:
@@ -364,6 +367,22 @@ def tile_schedule(cu_seqlens_tiles: torch.Tensor, cu_seqlens_other: torch.Tensor
     return order.to(torch.int32), tile_end, bound
 
 
+def persistent_programs(items_bound: int, num_sms: int) -> int:
+    """How many programs to launch for at most ``items_bound`` (tile, head) pairs on a GPU with
+    ``num_sms`` SMs. Each program loops over every num_programs-th real pair (their count is
+    read on the device, so the host needs no sync): PROGRAMS_PER_SM per SM at most, and none
+    without work unless there are fewer real pairs than programs."""
+    return max(1, min(items_bound, PROGRAMS_PER_SM * num_sms))
+
+
+def multiprocessors(device: torch.device) -> int:
+    """SMs of ``device``; off a GPU, 1 under the interpreter (a few programs, each looping) and
+    an H100's 132 for launches compiled without one."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1 if INTERPRET else 132
+
+
 def check_grid(programs: int, what: str):
     if programs > MAX_PROGRAMS:
         raise ValueError(f"adaptkern.varlen_attention: {what} needs {programs} programs, more than one launch "
@@ -420,12 +439,12 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, sof
                          "a power-of-two head dim and 16-byte aligned strides")
     cu_seqlens_q, cu_seqlens_k = cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()
     seq_order, tile_end, tiles = tile_schedule(cu_seqlens_q, cu_seqlens_k, cfg["BLOCK_M"], max_seqlen_q, total_q)
-    programs = tiles * num_heads
-    check_grid(programs, "the forward")
-    if programs == 0:
+    items_bound = tiles * num_heads
+    check_grid(items_bound, "the forward")
+    if items_bound == 0:
         return out, lse
     k_desc, v_desc = descriptors or (k, v)  # unused pointers when TMA is off
-    _fwd_kernel[(programs,)](
+    _fwd_kernel[(persistent_programs(items_bound, multiprocessors(q.device)),)](
         q, k, v, k_desc, v_desc, out, lse, cu_seqlens_q, cu_seqlens_k,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         lse.stride(0), tile_end, seq_order, batch, num_heads, num_heads // k.shape[1], head_dim, softmax_scale * LOG2E,

@@ -16,8 +16,8 @@ import triton.language as tl
 
 from ._utils import INTERPRET, dot, to_dtype
 from .varlen_attention import (LOG2E, LOG2E_C, block_start, check_grid, head_block, last_dim_contiguous, load_rows,
-                               program_tile, query_block, reachable_window, row_tile, store_rows, tile_schedule,
-                               visible, visible_range)
+                               multiprocessors, persistent_programs, program_tile, query_block, reachable_window,
+                               row_tile, store_rows, tile_schedule, visible, visible_range)
 
 
 @triton.jit
@@ -118,36 +118,38 @@ def _dkdv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     # Key blocks first to last: with a causal or left-window mask the first see the most queries.
-    slot, kv_head, n_block, q_start, len_q, k_start, len_k = program_tile(
-        cu_seqlens_q, cu_seqlens_k, tile_end, seq_order, num_seqs, num_kv_heads, BLOCK_N, True, False)
-    if slot >= num_seqs:
-        return
-    n_start = n_block * BLOCK_N
-    kv_head = kv_head.to(tl.int64)
-    offs_n, offs_d, d_ok, key_ok, keys = row_tile(n_start, k_start, len_k, head_dim, BLOCK_N, BLOCK_D)
-    k = load_rows(K + kv_head * stride_kh, keys, stride_kt, offs_d, key_ok)
-    v = load_rows(V + kv_head * stride_vh, keys, stride_vt, offs_d, key_ok)
-    dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    # Seen from a key, the mask is the forward's with the sides swapped.
-    diag = len_q - len_k
-    full_lo, n_full, lo, n_before, full_hi, n_masked = visible_range(
-        n_start, BLOCK_N, diag, window_right, window_left, HAS_RIGHT, HAS_LEFT, len_q, BLOCK_M)
-    q_rows = q_start.to(tl.int64)
-    for g in range(0, group):
-        head = kv_head * group + g
-        q_base = Q + q_rows * stride_qt + head * stride_qh
-        do_base = dOut + q_rows * stride_dot + head * stride_doh
-        lse_base = Lse + head * stride_lse_h + q_rows
-        delta_base = Delta + head * stride_lse_h + q_rows
-        dk, dv = _dkdv_full_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, offs_d,
-                                   d_ok, full_lo, n_full, qk_scale, EVEN_D, BLOCK_M, NUM_STAGES)
-        dk, dv = _dkdv_masked_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot,
-                                     offs_n, offs_d, d_ok, lo, n_before, full_hi, n_masked, diag, len_q, qk_scale,
-                                     window_right, window_left, HAS_RIGHT, HAS_LEFT, BLOCK_M, NUM_STAGES)
-    # Every key row of the sequence is written, zeros included (keys no query sees).
-    store_rows(dK + kv_head * stride_dkh, keys, stride_dkt, offs_d, dk * softmax_scale, key_ok)
-    store_rows(dV + kv_head * stride_dvh, keys, stride_dvt, offs_d, dv, key_ok)
+    # Persistent: each program takes every num_programs-th (tile, head) pair of the schedule,
+    # whose real count the device knows (see persistent_programs).
+    num_items = tl.load(tile_end + num_seqs - 1) * num_kv_heads
+    for item in range(tl.program_id(0), num_items, tl.num_programs(0)):
+        slot, kv_head, n_block, q_start, len_q, k_start, len_k = program_tile(
+            item, cu_seqlens_q, cu_seqlens_k, tile_end, seq_order, num_seqs, num_kv_heads, BLOCK_N, True, False)
+        n_start = n_block * BLOCK_N
+        kv_head = kv_head.to(tl.int64)
+        offs_n, offs_d, d_ok, key_ok, keys = row_tile(n_start, k_start, len_k, head_dim, BLOCK_N, BLOCK_D)
+        k = load_rows(K + kv_head * stride_kh, keys, stride_kt, offs_d, key_ok)
+        v = load_rows(V + kv_head * stride_vh, keys, stride_vt, offs_d, key_ok)
+        dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        # Seen from a key, the mask is the forward's with the sides swapped.
+        diag = len_q - len_k
+        full_lo, n_full, lo, n_before, full_hi, n_masked = visible_range(
+            n_start, BLOCK_N, diag, window_right, window_left, HAS_RIGHT, HAS_LEFT, len_q, BLOCK_M)
+        q_rows = q_start.to(tl.int64)
+        for g in range(0, group):
+            head = kv_head * group + g
+            q_base = Q + q_rows * stride_qt + head * stride_qh
+            do_base = dOut + q_rows * stride_dot + head * stride_doh
+            lse_base = Lse + head * stride_lse_h + q_rows
+            delta_base = Delta + head * stride_lse_h + q_rows
+            dk, dv = _dkdv_full_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot,
+                                       offs_d, d_ok, full_lo, n_full, qk_scale, EVEN_D, BLOCK_M, NUM_STAGES)
+            dk, dv = _dkdv_masked_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot,
+                                         offs_n, offs_d, d_ok, lo, n_before, full_hi, n_masked, diag, len_q, qk_scale,
+                                         window_right, window_left, HAS_RIGHT, HAS_LEFT, BLOCK_M, NUM_STAGES)
+        # Every key row of the sequence is written, zeros included (keys no query sees).
+        store_rows(dK + kv_head * stride_dkh, keys, stride_dkt, offs_d, dk * softmax_scale, key_ok)
+        store_rows(dV + kv_head * stride_dvh, keys, stride_dvt, offs_d, dv, key_ok)
 
 
 @triton.jit
@@ -212,28 +214,30 @@ def _dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     # Query blocks last to first: with a causal or right-window mask the last see the most keys.
-    slot, head, m_block, q_start, len_q, k_start, len_k = program_tile(
-        cu_seqlens_q, cu_seqlens_k, tile_end, seq_order, num_seqs, num_heads, BLOCK_M, False, True)
-    if slot >= num_seqs:
-        return
-    m_start = m_block * BLOCK_M
-    diag = len_k - len_q
-    head, offs_m, offs_d, d_ok, row_ok, rows, q, k_base, v_base = query_block(
-        Q, K, V, head, group, m_start, q_start, len_q, k_start, stride_qt, stride_qh, stride_kt, stride_kh,
-        stride_vt, stride_vh, head_dim, BLOCK_M, BLOCK_D)
-    m_ok = offs_m < len_q
-    do = load_rows(dOut + head * stride_doh, rows, stride_dot, offs_d, row_ok)
-    lse = tl.load(Lse + head * stride_lse_h + rows, mask=m_ok, other=0.0) * LOG2E_C
-    delta = tl.load(Delta + head * stride_lse_h + rows, mask=m_ok, other=0.0)
-    dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    full_lo, n_full, lo, n_before, full_hi, n_masked = visible_range(
-        m_start, BLOCK_M, diag, window_left, window_right, HAS_LEFT, HAS_RIGHT, len_k, BLOCK_N)
-    dq = _dq_full_blocks(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, offs_d, d_ok, full_lo, n_full,
-                         qk_scale, EVEN_D, BLOCK_N, NUM_STAGES)
-    dq = _dq_masked_blocks(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, d_ok, lo,
-                           n_before, full_hi, n_masked, diag, len_k, qk_scale, window_left, window_right, HAS_LEFT,
-                           HAS_RIGHT, BLOCK_N, NUM_STAGES)
-    store_rows(dQ + head * stride_dqh, rows, stride_dqt, offs_d, dq * softmax_scale, row_ok)
+    # Persistent: each program takes every num_programs-th (tile, head) pair of the schedule,
+    # whose real count the device knows (see persistent_programs).
+    num_items = tl.load(tile_end + num_seqs - 1) * num_heads
+    for item in range(tl.program_id(0), num_items, tl.num_programs(0)):
+        slot, head, m_block, q_start, len_q, k_start, len_k = program_tile(
+            item, cu_seqlens_q, cu_seqlens_k, tile_end, seq_order, num_seqs, num_heads, BLOCK_M, False, True)
+        m_start = m_block * BLOCK_M
+        diag = len_k - len_q
+        head, offs_m, offs_d, d_ok, row_ok, rows, q, k_base, v_base = query_block(
+            Q, K, V, head, group, m_start, q_start, len_q, k_start, stride_qt, stride_qh, stride_kt, stride_kh,
+            stride_vt, stride_vh, head_dim, BLOCK_M, BLOCK_D)
+        m_ok = offs_m < len_q
+        do = load_rows(dOut + head * stride_doh, rows, stride_dot, offs_d, row_ok)
+        lse = tl.load(Lse + head * stride_lse_h + rows, mask=m_ok, other=0.0) * LOG2E_C
+        delta = tl.load(Delta + head * stride_lse_h + rows, mask=m_ok, other=0.0)
+        dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+        full_lo, n_full, lo, n_before, full_hi, n_masked = visible_range(
+            m_start, BLOCK_M, diag, window_left, window_right, HAS_LEFT, HAS_RIGHT, len_k, BLOCK_N)
+        dq = _dq_full_blocks(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, offs_d, d_ok, full_lo, n_full,
+                             qk_scale, EVEN_D, BLOCK_N, NUM_STAGES)
+        dq = _dq_masked_blocks(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, d_ok, lo,
+                               n_before, full_hi, n_masked, diag, len_k, qk_scale, window_left, window_right, HAS_LEFT,
+                               HAS_RIGHT, BLOCK_N, NUM_STAGES)
+        store_rows(dQ + head * stride_dqh, rows, stride_dqt, offs_d, dq * softmax_scale, row_ok)
 
 
 def bwd_config(head_dim: int, dtype: torch.dtype, *, interpret: bool = INTERPRET) -> dict:
@@ -249,8 +253,10 @@ def bwd_config(head_dim: int, dtype: torch.dtype, *, interpret: bool = INTERPRET
     if head_dim <= 64:
         # dK/dV on 64 x 64 tiles, 2 stages: no spills in its loop with Triton 3.6 to 3.9 (32 x 128
         # with 3 stages spills 7 instructions there under Triton 3.6) at the same count per pair.
+        # dQ on 128 x 64 tiles: 0.25 warp-instructions per pair in its loop on sm_90, where
+        # 128 x 32 took 0.33 (static proxy).
         return dict(dkdv=dict(BLOCK_M=64, BLOCK_N=64, NUM_STAGES=2, num_warps=4),
-                    dq=dict(BLOCK_M=128, BLOCK_N=32, NUM_STAGES=3, num_warps=4))
+                    dq=dict(BLOCK_M=128, BLOCK_N=64, NUM_STAGES=3, num_warps=4))
     if head_dim <= 128:
         return dict(dkdv=dict(BLOCK_M=32, BLOCK_N=64, NUM_STAGES=2, num_warps=8),
                     dq=dict(BLOCK_M=64, BLOCK_N=32, NUM_STAGES=2, num_warps=8))
@@ -295,13 +301,13 @@ def backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, max_seql
             BLOCK_D=block_d,
         )
     qk_scale = softmax_scale * LOG2E
+    sms = multiprocessors(q.device)
     common = dict(HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0, EVEN_D=head_dim == block_d, BLOCK_D=block_d)
     if k.shape[0] and max_seqlen_k:
         seq_order, tile_end, tiles = tile_schedule(cu_seqlens_k, cu_seqlens_q, cfg["dkdv"]["BLOCK_N"], max_seqlen_k,
                                                    k.shape[0])
-        programs = tiles * num_kv_heads
-        check_grid(programs, "the dK/dV backward")
-        _dkdv_kernel[(max(programs, 1),)](
+        check_grid(tiles * num_kv_heads, "the dK/dV backward")
+        _dkdv_kernel[(persistent_programs(tiles * num_kv_heads, sms),)](
             q, k, v, dout, lse, delta, dk, dv, cu_seqlens_q, cu_seqlens_k,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), dout.stride(0),
             dout.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0),
@@ -311,9 +317,8 @@ def backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, max_seql
     if total_q and max_seqlen_q:
         seq_order, tile_end, tiles = tile_schedule(cu_seqlens_q, cu_seqlens_k, cfg["dq"]["BLOCK_M"], max_seqlen_q,
                                                    total_q)
-        programs = tiles * num_heads
-        check_grid(programs, "the dQ backward")
-        _dq_kernel[(max(programs, 1),)](
+        check_grid(tiles * num_heads, "the dQ backward")
+        _dq_kernel[(persistent_programs(tiles * num_heads, sms),)](
             q, k, v, dout, lse, delta, dq, cu_seqlens_q, cu_seqlens_k,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), dout.stride(0),
             dout.stride(1), dq.stride(0), dq.stride(1), lse.stride(0),

@@ -46,43 +46,6 @@ def assert_as_accurate_as_torch(value, reference, torch_value, *, name="value", 
     )
 
 
-_COMPILE_SCRIPT = r"""
-import importlib, json, sys
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-specs, archs = json.loads(sys.argv[1])
-results = []
-for module, kernel, signature, constexprs in specs:
-    fn = getattr(importlib.import_module(module), kernel)
-    for arch in archs:
-        compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
-                                  target=GPUTarget("cuda", arch, 32))
-        results.append({"kernel": kernel, "arch": arch, "shared": compiled.metadata.shared,
-                        "num_warps": compiled.metadata.num_warps,
-                        "wgmma": "wgmma" in compiled.asm["ptx"], "mma": "mma.sync" in compiled.asm["ptx"]})
-print(json.dumps(results))
-"""
-
-
-def compile_for_gpu(specs, archs=(80, 90)):
-    """Compile Triton kernels to cubin for the given SM archs with no GPU present.
-
-    ``specs``: list of (module, kernel name, signature, constexprs) as ``triton.compiler.ASTSource``
-    takes them (signature maps every parameter to a type such as "*bf16", "i32" or "constexpr").
-    Runs in a subprocess without TRITON_INTERPRET, so the real compiler pipeline is used.
-    Returns one dict per (kernel, arch) with shared memory bytes and the MMA flavour used.
-    """
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run(
-        [sys.executable, "-c", _COMPILE_SCRIPT, json.dumps([specs, list(archs)])],
-        env=env, capture_output=True, text=True, timeout=900,
-    )
-    if proc.returncode != 0:
-        raise AssertionError(f"Triton GPU compilation failed:\n{proc.stderr[-6000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 _LAUNCH_SCRIPT = r"""
 import json, os, re, subprocess, sys, tempfile
 import triton

@@ -9,7 +9,7 @@ import adaptkern as ak
 from adaptkern import _backend
 from adaptkern.ops import interp_pos_embed as interp_ops
 
-from helpers import assert_rel_close, compile_for_gpu
+from helpers import assert_rel_close, compile_launches
 from test_interp_pos_embed import OPTION_IDS, OPTIONS, interpolate_grid, oracle, oracle_add, packed_batch, random_grids
 from test_pack import record_launch_devices
 
@@ -45,6 +45,21 @@ def _check_add(backend, opts, grids, num_prefix_tokens, dim, dtype, device, base
 def test_triton_add_matches_interpolate(opts, device):
     grids = random_grids(3, 7, 9) + [(1, 1)]
     _check_add("triton", opts, grids, 2, 20, torch.float32, device)
+
+
+@pytest.mark.interpret
+def test_triton_finds_the_sequence_of_every_unit_past_one_search_block(device):
+    """More sequences than one search block reads (SEARCH_BLOCK): every unit of work finds its
+    own sequence (the count of sequences ending at or before it). The search is the
+    forward's; prefix units and patch tiles both land in the right rows."""
+    count = _backend.kernels("interp_pos_embed").SEARCH_BLOCK.value + 9
+    grids = random_grids(count, 2, 2)
+    opts = dict(mode="bilinear", antialias=False, align_corners=False)
+    tokens, grid_sizes, cu = packed_batch(grids, 1, 4, torch.float32, device)
+    pos = torch.randn(2, 3, 4, device=device)
+    out = ak.add_interp_pos_embed(tokens, pos, grid_sizes, cu, num_prefix_tokens=1, backend="triton",
+                                  base_grid=(2, 3), **opts)
+    assert_rel_close(out, oracle_add(tokens, pos, grids, 1, **opts), name="out")
 
 
 @pytest.mark.interpret
@@ -143,15 +158,6 @@ def test_triton_empty_batch(device):
     assert torch.equal(pos.grad, torch.zeros_like(pos))
 
 
-def _specialised_to_one(spec):
-    """``spec`` with every int argument a constexpr 1, as a launch on a GPU specialises an int
-    argument equal to 1 (e.g. base_h or base_w of a 1-row or 1-column grid, one sequence)."""
-    module, kernel, signature, constexprs = spec
-    ints = [name for name, ty in signature.items() if ty == "i32"]
-    return (module, kernel, {**signature, **dict.fromkeys(ints, "constexpr")},
-            {**constexprs, **dict.fromkeys(ints, 1)})
-
-
 @pytest.mark.interpret
 def test_triton_launches_run_under_the_device_guard(monkeypatch, device):
     """Both forwards and the backward enter the guard for their device."""
@@ -163,33 +169,36 @@ def test_triton_launches_run_under_the_device_guard(monkeypatch, device):
     assert devices == [pos.device] * 4
 
 
+# Both kernels launched on CPU tensors, compiled by compile_launches as on a GPU: bicubic with
+# antialias on bf16 tokens (the float32 table, as a model holds it) and bilinear with
+# align_corners in float32, each on a 16 x 12 base grid with three sequences and on a 1 x 1
+# grid with one sequence and one channel (every int argument 1: Triton makes them constexprs).
+_LAUNCHES = """
+import torch
+from adaptkern import _backend
+kernels = _backend.kernels("interp_pos_embed")
+for opts, dtype in ((dict(mode="bicubic", antialias=True, align_corners=False), torch.bfloat16),
+                    (dict(mode="bilinear", antialias=False, align_corners=True), torch.float32)):
+    for base, dim, grids in (((16, 12), 192, [(14, 14), (7, 20), (1, 3)]), ((1, 1), 1, [(5, 9)])):
+        grid_sizes = torch.tensor(grids, dtype=torch.int32)
+        cu = torch.tensor([0] + [1 + h * w for h, w in grids], dtype=torch.int32).cumsum(0).to(torch.int32)
+        tokens = torch.randn(int(cu[-1]), dim).to(dtype)
+        kernels.interp_forward(torch.randn(*base, dim), grid_sizes, cu, torch.empty_like(tokens), tokens=tokens,
+                               num_prefix_tokens=1, **opts)
+        kernels.interp_backward(tokens, grid_sizes, cu, *base, num_prefix_tokens=1, **opts)
+"""
+
+
 @pytest.mark.slow
 def test_triton_kernels_compile_for_gpu():
-    module = "adaptkern.kernels.interp_pos_embed"
-    mode_constants = _backend.kernels("interp_pos_embed").mode_constants
-    specs = []
-    for (mode, antialias, align_corners), dtype in ((("bicubic", True, False), "bf16"),
-                                                    (("bilinear", False, True), "fp32")):
-        consts = mode_constants(mode, antialias, align_corners)
-        forward = dict(pos_ptr="*fp32", tok_ptr=f"*{dtype}", out_ptr=f"*{dtype}", grid_ptr="*i32", cu_ptr="*i32",
-                       unit_ptr="*i32")
-        forward.update({name: "i32" for name in ("num_seqs", "search_steps", "base_h", "base_w", "dim",
-                                                 "num_prefix", "stride_tok", "stride_out")})
-        fwd_consts = dict(ADD=True, **consts, BLOCK_H=4, BLOCK_W=16, BLOCK_D=64, BLOCK_P=64)
-        forward.update({name: "constexpr" for name in fwd_consts})
-        specs.append((module, "_interp_fwd_kernel", forward, fwd_consts))
-        backward = dict(grad_ptr=f"*{dtype}", partial_ptr="*fp32", grid_ptr="*i32", cu_ptr="*i32")
-        backward.update({name: "i32" for name in ("num_seqs", "num_splits", "base_h", "base_w", "dim", "num_prefix",
-                                                  "stride_grad")})
-        bwd_consts = dict(**consts, BLOCK_B=32, BLOCK_C=32, BLOCK_D=64)
-        backward.update({name: "constexpr" for name in bwd_consts})
-        specs.append((module, "_interp_bwd_kernel", backward, bwd_consts))
-    specs += [_specialised_to_one(spec) for spec in specs]
-    results = compile_for_gpu(specs)
-    assert len(results) == 16
+    """Each kernel compiled exactly as its launch builds it (compile_launches: num_warps,
+    Triton's specialisation of the actual arguments): it compiles, and its shared memory fits."""
+    results = compile_launches(_LAUNCHES)
+    assert [r["kernel"] for r in results] == ["_interp_fwd_kernel", "_interp_bwd_kernel"] * 8
     for result in results:
         limit = 163 * 1024 if result["arch"] == 80 else 227 * 1024
         assert result["shared"] <= limit, result
+        assert result["num_warps"] == result["constexprs"].get("num_warps", 4), result
 
 
 # ----------------------------------------------------------------------------- GPU only

@@ -10,7 +10,7 @@ import adaptkern as ak
 from adaptkern import _backend
 from adaptkern.ops import pack as pack_ops
 
-from helpers import compile_for_gpu
+from helpers import compile_launches
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int8, torch.int64, torch.bool]
 
@@ -170,12 +170,18 @@ def test_launches_run_under_the_device_guard(monkeypatch, device):
 
 @pytest.mark.slow
 def test_pack_kernel_compiles_for_gpu():
-    specs = [
-        ("adaptkern.kernels.pack", "_copy_rows_kernel",
-         {"src_ptr": "*i32", "dst_ptr": "*i32", "cu_seqlens_ptr": "*i32", "padded_len": "i32",
-          "row_elements": "i32", "PACK": "constexpr", "BLOCK_ROWS": "constexpr", "BLOCK_COLS": "constexpr"},
-         {"PACK": pack, "BLOCK_ROWS": 16, "BLOCK_COLS": 256})
-        for pack in (True, False)
-    ]
-    results = compile_for_gpu(specs)
-    assert len(results) == 4
+    """The copy kernel compiled exactly as its launches build it (compile_launches), packing and
+    unpacking rows of 96 words and of one word (an int argument 1 becomes a constexpr)."""
+    code = """
+import torch
+from adaptkern import _backend
+kernels = _backend.kernels("pack")
+cu = torch.tensor([0, 3, 3, 10], dtype=torch.int32)
+for words in (96, 1):
+    packed = kernels.pack_rows(torch.zeros(3, 8, words, dtype=torch.int32), cu, 10, 7)
+    kernels.unpack_rows(packed, cu, 8)
+"""
+    results = compile_launches(code)
+    expected = [("_copy_rows_kernel", arch) for arch in (80, 90) for _ in range(4)]
+    assert [(r["kernel"], r["arch"]) for r in results] == expected
+    assert {r["constexprs"]["PACK"] for r in results} == {True, False}

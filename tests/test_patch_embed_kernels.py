@@ -71,6 +71,39 @@ def test_launchers_with_small_tiles(p, chans, dtype, device):
         assert_rel_close(grad_weight, ref_weight.grad, dtype, name=f"{name} grad weight")
 
 
+@pytest.mark.interpret
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_rectangular_patches_tiles_across_images_and_walked_offsets(channels_last, device):
+    """Rectangular patches (the column digits' radices differ), 7 images of 6 tokens: a batch's
+    tiles of 16 span up to 4 images, grad_weight walks its rows 16 tokens (2 images and 4
+    tokens) a tile, and 45 columns take 3 steps of 16 (carries out of both digits)."""
+    kernels = _kernels()
+    ph, pw, chans = 3, 5, 3
+    images = torch.randn(7, chans, 2 * ph, 3 * pw, device=device, dtype=torch.float64).float()
+    if channels_last:
+        images = images.to(memory_format=torch.channels_last)
+    weight, bias = torch.randn(10, chans, ph, pw, device=device), torch.randn(10, device=device)
+    ref_images, ref_weight = images.double().requires_grad_(), weight.double().requires_grad_()
+    expected = F.conv2d(ref_images, ref_weight, bias.double(), stride=(ph, pw)).flatten(2).transpose(1, 2).flatten(0, 1)
+    grad = torch.randn(expected.shape, device=device)
+    expected.backward(grad.double())
+    small = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)
+    assert_rel_close(kernels.forward(images, weight, bias, config=small), expected, torch.float32, name="forward")
+    grads = kernels.grad_input(grad, weight, images, config=dict(BLOCK_M=16, BLOCK_K=16, BLOCK_D=16))
+    assert_rel_close(grads, ref_images.grad, torch.float32, name="grad images")
+    for splits in (1, 2):
+        grad_weight = kernels.grad_weight(grad, images, ph, pw, torch.float32,
+                                          config=dict(BLOCK_M=16, BLOCK_D=16, BLOCK_K=16, SPLITS=splits))
+        assert_rel_close(grad_weight, ref_weight.grad, torch.float32, name=f"grad weight, {splits} splits")
+
+
+def test_batch_tiles_span_images():
+    """A batch's token tiles run across images: 24 images of 196 tokens take 37 tiles of 128,
+    not 48 (two per image, 23% of their rows idle)."""
+    pixels = _kernels()._pixels(torch.empty(24, 3, 224, 224), 16, 16, 128)
+    assert pixels.num_tiles == 37 and pixels.num_tokens == 24 * 196
+
+
 def _storage_index(x):
     """For every element of ``x``, its index in the storage (in elements)."""
     span = x.storage_offset() + sum((n - 1) * s for n, s in zip(x.shape, x.stride())) + 1
@@ -141,10 +174,23 @@ for dtype, packed, channels_last in [(torch.float16, False, False), (torch.bfloa
 """
 
 
+# Hot-loop warp-instructions per output element per 64-deep reduction step on sm_90, 16-bit,
+# as launched above (a static proxy for speed, not a speed), recorded so that growth fails:
+# the larger of Triton 3.6's and 3.9's figures. Before the offsets were strength-reduced and
+# grad_weight took 128 x 128 tiles (Triton 3.9): forward 0.101 (batch) / 0.102 (packed),
+# grad_weight 0.358 / 0.415.
+HOT_LOOP_BUDGET = {("_forward_kernel", False): 0.074, ("_forward_kernel", True): 0.074,
+                   ("_grad_input_kernel", False): 0.083, ("_grad_input_kernel", True): 0.079,
+                   ("_grad_weight_kernel", False): 0.107, ("_grad_weight_kernel", True): 0.177}
+_OUTPUT_TILE = {"_forward_kernel": ("BLOCK_M", "BLOCK_N"), "_grad_input_kernel": ("BLOCK_M", "BLOCK_K"),
+                "_grad_weight_kernel": ("BLOCK_D", "BLOCK_K")}
+
+
 @pytest.mark.slow
 def test_kernels_compile_for_gpu():
     """Every kernel compiled exactly as its launch builds it (num_warps, num_stages, Triton's
-    specialisation of the actual arguments): shared memory fits, 16-bit uses tensor cores."""
+    specialisation of the actual arguments): shared memory fits, 16-bit uses tensor cores,
+    and on sm_90 its hot loop spills nothing and stays within its recorded budget."""
     # One compiler subprocess per architecture, side by side: half the wall time on two cores.
     with ThreadPoolExecutor(2) as pool:
         sm80, sm90 = pool.map(lambda arch: compile_launches(_LAUNCHES, archs=(arch,)), (80, 90))
@@ -157,6 +203,12 @@ def test_kernels_compile_for_gpu():
             assert result["num_warps"] == result["constexprs"]["num_warps"], result
             if i < 6:  # 16-bit: tensor cores
                 assert result["wgmma"] if result["arch"] == 90 else result["mma"], result
+        result, c = results[1], results[1]["constexprs"]
+        if i < 6:  # 16-bit on sm_90
+            rows, cols = _OUTPUT_TILE[result["kernel"]]
+            per_element = result["hot_loop"] * result["num_warps"] / (c[rows] * c[cols])
+            assert result["hot_loop"] > 0 and result["hot_loop_spills"] == 0, result
+            assert per_element <= HOT_LOOP_BUDGET[result["kernel"], c["PACKED"]], (per_element, result)
 
 
 def test_cuda_extension_has_the_patch_kernels():

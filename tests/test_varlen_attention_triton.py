@@ -198,6 +198,23 @@ def test_tile_schedule_launches_real_tiles_heaviest_first():
         assert bound - real < 64 and 1 - real / bound < 0.2, (bound, real)
 
 
+def test_persistent_grid_leaves_no_program_without_work():
+    """For the long-tailed mix (one 8192 and 63 of 64-512, 16 heads) on a 132-SM GPU, the
+    persistent grid launches at most PROGRAMS_PER_SM programs per SM, each with at least one
+    (tile, head) pair to do; a grid of the sync-free bound launched 6-14% of programs that
+    exited at once. Under the interpreter the kernels run with a few such looping programs,
+    so every kernel test exercises the loop."""
+    lengths = [8192] + torch.randint(64, 513, (63,)).tolist()
+    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    for block in (64, 128):
+        _, tile_end, bound = fwd_kernels.tile_schedule(cu, cu, block, max(lengths), sum(lengths))
+        items = int(tile_end[-1]) * 16
+        programs = fwd_kernels.persistent_programs(bound * 16, 132)
+        assert programs <= fwd_kernels.PROGRAMS_PER_SM * 132 and programs <= items, (programs, items)
+    assert fwd_kernels.persistent_programs(10, 132) == 10  # few pairs: one program each
+    assert fwd_kernels.persistent_programs(0, 132) == 1
+
+
 def test_backward_is_deterministic_and_handles_strided_inputs(device):
     """Two backward runs agree bit for bit. Under the interpreter that holds by construction
     (programs run one after another), so the determinism half tests something only on a GPU."""
@@ -356,9 +373,10 @@ def test_kernels_compile_for_gpu():
 # Hot-loop warp-instructions per (query, key) pair on sm_90 (a static proxy for speed, not a
 # speed): the forward's budget is the Triton tutorial's fused attention forward at the same
 # shapes (0.255 at D=64 and 128, measured with the shared sass_audit tool); the backward's
-# (dK/dV + dQ loops) is this code's own at D=64, recorded so that growth fails.
+# (dK/dV + dQ loops) is the tutorial's fused backward at D=64 (its dK/dV and dQ loops at its
+# 32 x 128 / 128 x 32 tiles, 4 warps, 5 stages: 0.599 under Triton 3.9, 0.594 under 3.6).
 FWD_PER_PAIR_BUDGET = 0.255
-BWD_PER_PAIR_BUDGET = {64: 0.67}
+BWD_PER_PAIR_BUDGET = {64: 0.599}
 
 
 @pytest.mark.slow
