@@ -143,7 +143,7 @@ class _Shape:
         ``fresh``, inf at or below the asymptote)."""
         losses = np.atleast_1d(np.asarray(losses, dtype=float))
         out = np.full(losses.shape, math.inf)
-        live = losses > self.c
+        live = (losses > self.c) & (losses < self.fresh)
         if live.any():
             out[live] = np.maximum(self._checked(self.law.inverse, losses[live]), 0.0)
         out[losses >= self.fresh] = 0.0
@@ -304,10 +304,11 @@ def optimal_schedule(laws, target_loss, start_loss=None, switch_cost=0.0, *, gri
             )
     elif start <= target:
         raise ValueError(f"{_OP}: start_loss={start:.6g} must be greater than target_loss={target:.6g}")
-    highest_fresh = max(s.fresh for s in shapes)
-    if highest_fresh < start <= highest_fresh * (1 + _ROUND_OFF):
-        # A law anchored at the measured start loss gives it back at C=0 only to round-off.
-        start = highest_fresh
+    for shape in shapes:
+        # A law anchored at the measured start loss gives it back at C=0 only to round-off
+        # (either side): such a shape starts at the start loss, as the fresh model does.
+        if math.isfinite(shape.fresh) and abs(shape.fresh - start) <= _ROUND_OFF * abs(start):
+            shape.fresh = start
     if all(s.fresh < start for s in shapes):
         fresh = ", ".join(f"{s.key!r}: {s.fresh:.6g}" for s in shapes)
         raise ValueError(f"{_OP}: start_loss={start:.6g} is above every law's loss at C=0 ({{{fresh}}}): no shape may "

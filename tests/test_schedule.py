@@ -77,7 +77,8 @@ def _brute_force(laws, target, start, switch_cost, grid, max_segments=4, jumps=N
     shape is usable only at or below its loss at C = 0; a switch from a to b at loss E
     costs ``switch_cost`` plus climbing back from E + jumps[(a, b)] to E along b."""
     levels = np.concatenate([[start], np.sort(grid)[::-1], [target]])
-    table = {s: np.where(levels > _fresh(law), np.inf, _compute(law, levels)) for s, law in laws.items()}
+    # an anchored law gives the start back at C=0 only to round-off: usable from the start
+    table = {s: np.where(levels > _fresh(law) * (1 + 1e-9), np.inf, _compute(law, levels)) for s, law in laws.items()}
     best = math.inf
     for n_seg in range(1, max_segments + 1):
         cuts = list(itertools.combinations(range(1, len(levels) - 1), n_seg - 1))
