@@ -42,13 +42,14 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs of the whole CPU suite (default 3)")
     parser.add_argument("--rep-ms", type=float, default=300.0, help="timing budget per implementation and mode")
     parser.add_argument("--out", default=os.path.join("benchmarks", "results", "cpu"))
+    parser.add_argument("--op", action="append", choices=suite.OPS, help="only this op (repeatable; default all)")
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
     command = " ".join(["python"] + sys.argv)
     runs = []
     for i in range(args.repeat):
-        data = suite.run_suite("cpu", rep_ms=args.rep_ms, command=command, progress=False)
+        data = suite.run_suite("cpu", ops=args.op or suite.OPS, rep_ms=args.rep_ms, command=command, progress=False)
         path = runner.write_results(data, args.out)
         errors = f" ({len(data['errors'])} errors)" if data["errors"] else ""
         print(f"run {i + 1}/{args.repeat}: wrote {path}{errors}")
