@@ -145,8 +145,10 @@ def test_cpu_repeats_kv_heads_where_the_kernel_has_no_gqa(monkeypatch):
     _compare(*batch, torch.float64, causal=True, window_size=(3, -1))
 
 
-def test_cpu_custom_ops_pass_opcheck():
-    q, k, v, cu_q, cu_k, max_q, max_k = make_batch([3, 0, 5, 3], [4, 2, 5, 4], 4, 2, 8, torch.float64)
+@pytest.mark.parametrize("lengths_q,lengths_k", [([3, 0, 5, 3], [4, 2, 5, 4]), ([5] * 3, [5] * 3)])
+def test_cpu_custom_ops_pass_opcheck(lengths_q, lengths_k):
+    # Bucketed, and uniform lengths (outputs that are views of the kernel's, never of inputs).
+    q, k, v, cu_q, cu_k, max_q, max_k = make_batch(lengths_q, lengths_k, 4, 2, 8, torch.float64)
     for t in (q, k, v):
         t.requires_grad_()
     for mask in ((True, 2, -1), (False, -1, -1), (True, -1, -1)):

@@ -142,6 +142,12 @@ def _bucket_forward(qs, ks, vs, group, left, right, softmax_scale, lse_dtype):
     return o, l
 
 
+def _packed_lse(lse):
+    """(n, H, L) lse of one bucket covering every row -> (H, n*L), dense as the fake impl
+    promises (the kernel's own is (n, L, H) in memory)."""
+    return lse.transpose(0, 1).flatten(1).contiguous()
+
+
 def varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal=False, window_left=-1,
                              window_right=-1):
     """out (total_q, Hq, D) in q's dtype and lse (Hq, total_q) float32 (float64 for float64)
@@ -155,7 +161,7 @@ def varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale,
         count, len_q, len_k = uniform
         o, l = _bucket_forward(q.unflatten(0, (count, len_q)), k.unflatten(0, (count, len_k)),
                                v.unflatten(0, (count, len_k)), group, left, right, softmax_scale, lse_dtype)
-        return o.reshape(q.shape), l.transpose(0, 1).reshape(num_heads, total_q)
+        return o.reshape(q.shape), _packed_lse(l)
     groups = buckets(cu_seqlens_q, cu_seqlens_k)
     covered, _, whole = _layout(groups, total_q, k.shape[0])
     out = _destination(q, q.shape, covered, whole)
@@ -165,7 +171,7 @@ def varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale,
         o, l = _bucket_forward(rows_q.gather(q), rows_k.gather(k), rows_k.gather(v), group, left, right,
                                softmax_scale, lse_dtype)
         if whole:
-            return o.reshape(q.shape), l.transpose(0, 1).reshape(num_heads, total_q)
+            return o.reshape(q.shape), _packed_lse(l)
         rows_q.scatter(out, o)
         rows_q.scatter(lse, l.transpose(0, 1), dim=1)
     return out, lse
@@ -214,6 +220,12 @@ def _bucket_backward(dos, qs, ks, vs, os_, ls, dls, num_kv_heads, left, right, s
     return gq, gk, gv
 
 
+def _packed(grad, shape):
+    """(n, L, H, D) gradient of one bucket covering every row -> ``shape``, dense as the fake
+    impl promises (a view unless lse's gradient widened the head dim)."""
+    return grad.reshape(shape).contiguous()
+
+
 def varlen_attention_backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, softmax_scale,
                               causal=False, window_left=-1, window_right=-1):
     """Gradients (dq, dk, dv) of :func:`varlen_attention_forward`, by the kernel's own
@@ -229,7 +241,7 @@ def varlen_attention_backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_se
                                       lse.unflatten(1, (count, len_q)),
                                       None if dlse is None else dlse.unflatten(1, (count, len_q)), num_kv_heads,
                                       left, right, softmax_scale)
-        return gq.reshape(q.shape), gk.reshape(k.shape), gv.reshape(v.shape)
+        return _packed(gq, q.shape), _packed(gk, k.shape), _packed(gv, v.shape)
     groups = buckets(cu_seqlens_q, cu_seqlens_k)
     covered_q, covered_k, whole = _layout(groups, q.shape[0], k.shape[0])
     dq = _destination(q, q.shape, covered_q, whole)
@@ -241,7 +253,7 @@ def varlen_attention_backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_se
                                       None if dlse is None else rows_q.gather(dlse, dim=1), num_kv_heads, left,
                                       right, softmax_scale)
         if whole:
-            return gq.reshape(q.shape), gk.reshape(k.shape), gv.reshape(v.shape)
+            return _packed(gq, q.shape), _packed(gk, k.shape), _packed(gv, v.shape)
         rows_q.scatter(dq, gq)
         rows_k.scatter(dk, gk)
         rows_k.scatter(dv, gv)
