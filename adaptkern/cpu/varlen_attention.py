@@ -187,15 +187,6 @@ def _with_lse_gradient(q, k, v, out, dout, dlse):
     return pad(q, 0), pad(k, 0), pad(v, 0), pad(out, -1), torch.cat([dout, dlse[..., None].to(dout.dtype)], -1)
 
 
-def _kernel_lse(lse):
-    """(n, H, L) lse as the backward kernel reads it: the forward kernel's own layout, (n, L, H)
-    in memory, is passed as it is (no copy, as SDPA's autograd passes it), anything else dense."""
-    n, heads, length = lse.shape
-    if lse.stride() == (length * heads, 1, heads):
-        return lse
-    return lse.contiguous()
-
-
 def _bucket_backward(dos, qs, ks, vs, os_, ls, dls, num_kv_heads, left, right, softmax_scale):
     """One bucket: (n, L, H, D) dout / q / out, (n, L, Hkv, D) k / v, lse and dlse (H, n, Lq)
     (dlse or None) -> dq (n, Lq, H, D), dk / dv (n, Lk, Hkv, D)."""
@@ -212,7 +203,7 @@ def _bucket_backward(dos, qs, ks, vs, os_, ls, dls, num_kv_heads, left, right, s
         dls = None if dls is None else torch.where(seen, dls, 0)
     if dls is not None:
         qs, ks, vs, os_, dos = _with_lse_gradient(qs, ks, vs, os_, dos, dls)
-    gq, gk, gv = _flash_backward(dos, qs, ks, vs, os_, _kernel_lse(ls), 0.0, is_causal, attn_mask=mask,
+    gq, gk, gv = _flash_backward(dos, qs, ks, vs, os_, ls.contiguous(), 0.0, is_causal, attn_mask=mask,
                                  scale=softmax_scale)
     gq, gk, gv = (g[..., :head_dim].transpose(1, 2) for g in (gq, gk, gv))  # (n, L, H, D)
     if gk.shape[2] != num_kv_heads:
