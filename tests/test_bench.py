@@ -260,3 +260,18 @@ def test_results_that_fail_validation_leave_no_file(tmp_path):
     assert os.listdir(tmp_path) == [os.path.basename(path)]  # no temp file left behind
     with open(path) as f:
         assert f.read() == before
+
+
+def test_cpu_clock_leaves_out_time_without_the_cpu():
+    """Inside cpu_clock() a call that sleeps costs (almost) no CPU time; outside, its wall time."""
+    import time
+
+    from adaptkern.bench.timing import cpu_clock, time_ms
+
+    def nap():
+        time.sleep(0.05)
+
+    assert time_ms(nap, device="cpu", rep_ms=1)["median"] >= 50
+    with cpu_clock():
+        assert time_ms(nap, device="cpu", rep_ms=1)["median"] < 25
+    assert time_ms(nap, device="cpu", rep_ms=1)["median"] >= 50  # restored

@@ -215,3 +215,50 @@ def test_uncached_matrix_under_compile_asks_for_prewarm(monkeypatch):
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     with pytest.raises(RuntimeError, match="prewarm"):
         ops.cached_pi_resize_matrix((4, 4), (5, 5), "bilinear", False, "cpu", torch.float32)
+
+
+@pytest.mark.parametrize("interpolation,antialias", MODES)
+@pytest.mark.parametrize("old,new", SIZES)
+def test_separable_resize_matches_the_oracle_forward_and_backward(interpolation, antialias, old, new):
+    # pi_resize applies pinv(B^T) as rows @ w @ cols^T; the factors must exist (the fast
+    # path is the one taken) and give the full matrix's result and gradient.
+    rows, cols = ops.cached_resize_factors(old, new, interpolation, antialias, "cpu", torch.float64)
+    oracle = oracle_pi_resize_matrix(old, new, interpolation, antialias)
+    torch.testing.assert_close(torch.kron(rows, cols), oracle, rtol=0, atol=1e-10 * oracle.abs().max().item())
+    weight = torch.randn(5, 3, *old, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(5, 3, *new, dtype=torch.float64)
+    out = ak.pi_resize(weight, new, interpolation=interpolation, antialias=antialias)
+    (out * grad_out).sum().backward()
+    w = weight.detach().clone().requires_grad_()
+    expected = oracle_pi_resize(w, new, interpolation, antialias)
+    (expected * grad_out).sum().backward()
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(weight.grad, w.grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_resize_without_separable_factors_uses_the_full_matrix(monkeypatch, dtype):
+    # Factors that do not reproduce pinv(B^T) are refused at caching time; the resize then
+    # runs through the full matrix and is still exact.
+    monkeypatch.setattr(ops, "_FACTORS", {})
+    monkeypatch.setattr(ops, "_axis_factor", lambda old, new, *args: torch.ones(new, old, dtype=torch.float64))
+    assert ops.cached_resize_factors((6, 9), (3, 5), "bicubic", False, "cpu", dtype) is None
+    weight = torch.randn(4, 2, 6, 9, dtype=dtype, requires_grad=True)
+    out = ak.pi_resize(weight, (3, 5), interpolation="bicubic")
+    out.pow(2).sum().backward()
+    w = weight.detach().clone().requires_grad_()
+    expected = oracle_pi_resize(w, (3, 5), "bicubic")
+    expected.pow(2).sum().backward()
+    assert_rel_close(out, expected, name="out")
+    assert_rel_close(weight.grad, w.grad, name="weight.grad")
+
+
+def test_resize_op_passes_opcheck_and_books_the_matmul_flops():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    weight = torch.randn(4, 3, 8, 6, requires_grad=True)
+    torch.library.opcheck(torch.ops.adaptkern.pi_resize_apply.default, (weight, 8, 6, 5, 7, "bilinear", False, False))
+    with FlopCounterMode(display=False) as counter:
+        ak.pi_resize(weight, (5, 7)).sum().backward()
+    # one (D*C, 8*6) x (8*6, 5*7) product forward and its transpose backward
+    assert counter.get_total_flops() == 2 * (2 * 4 * 3 * 8 * 6 * 5 * 7)

@@ -63,6 +63,44 @@ def test_cpu_equal_lengths_are_one_bucket_and_match():
     _compare(*make_batch([6] * 3, [4] * 3, 2, 2, 16, torch.float64), torch.float64, causal=True)  # blind rows
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("causal,window_size", CPU_MASKS)
+@pytest.mark.parametrize("lengths_q,lengths_k,heads", [([9] * 5, [9] * 5, (4, 2)), ([5] * 3, [11] * 3, (3, 1)),
+                                                       ([7] * 2, [4] * 2, (2, 2)), ([13], [13], (3, 3))])
+def test_cpu_uniform_lengths_take_the_direct_path_and_match(monkeypatch, dtype, causal, window_size, lengths_q,
+                                                            lengths_k, heads):
+    # Every sequence with the same (Lq, Lk): one kernel call on views, no bucketing at all.
+    def no_buckets(*args):
+        raise AssertionError("uniform lengths must not be bucketed")
+
+    monkeypatch.setattr(cpu_attention, "buckets", no_buckets)
+    batch = make_batch(lengths_q, lengths_k, *heads, 24, torch.float64)
+    assert cpu_attention.uniform_lengths(*batch[3:5], batch[0].shape[0], batch[1].shape[0]) == (
+        len(lengths_q), lengths_q[0], lengths_k[0])
+    _compare(*batch, dtype, causal=causal, window_size=window_size)
+
+
+def test_cpu_uniform_lengths_on_strided_inputs():
+    # q, k, v as slices of one (T, 3, H, D) projection: the direct path reads them in place.
+    lengths = [6] * 4
+    q, k, v, cu, _, max_len, _ = make_batch(lengths, lengths, 2, 2, 16, torch.float64)
+    qkv = torch.stack([q, k, v], 1)
+    _compare(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, cu, max_len, max_len, torch.float32, causal=True)
+
+
+def test_cpu_uniform_lengths_only_when_every_sequence_matches():
+    def cu(lengths):
+        return torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+
+    assert cpu_attention.uniform_lengths(cu([4, 4, 4]), cu([2, 2, 2]), 12, 6) == (3, 4, 2)
+    for lengths_q, lengths_k in [([4, 4, 0, 8], [1] * 4), ([4] * 3, [0] * 3), ([0, 0], [0, 0]), ([6, 2], [4, 4]),
+                                 ([3] * 4, [2, 2, 3, 1])]:
+        assert cpu_attention.uniform_lengths(cu(lengths_q), cu(lengths_k), sum(lengths_q), sum(lengths_k)) is None
+    # Not uniform, so bucketed: zero-length sides and rows without keys stay exact.
+    _compare(*make_batch([4, 4, 0, 8], [3, 0, 5, 3], 2, 1, 8, torch.float64), torch.float64, causal=True)
+    _compare(*make_batch([4] * 3, [0] * 3, 2, 2, 8, torch.float64), torch.float64)
+
+
 def test_cpu_rows_without_keys_and_empty_batches():
     # Lq > Lk causal: the first rows see nothing; sequences without keys or without queries.
     batch = make_batch([5, 3, 0, 4], [2, 0, 4, 4], 2, 1, 8, torch.float64)
@@ -107,8 +145,10 @@ def test_cpu_repeats_kv_heads_where_the_kernel_has_no_gqa(monkeypatch):
     _compare(*batch, torch.float64, causal=True, window_size=(3, -1))
 
 
-def test_cpu_custom_ops_pass_opcheck():
-    q, k, v, cu_q, cu_k, max_q, max_k = make_batch([3, 0, 5, 3], [4, 2, 5, 4], 4, 2, 8, torch.float64)
+@pytest.mark.parametrize("lengths_q,lengths_k", [([3, 0, 5, 3], [4, 2, 5, 4]), ([5] * 3, [5] * 3)])
+def test_cpu_custom_ops_pass_opcheck(lengths_q, lengths_k):
+    # Bucketed, and uniform lengths (outputs that are views of the kernel's, never of inputs).
+    q, k, v, cu_q, cu_k, max_q, max_k = make_batch(lengths_q, lengths_k, 4, 2, 8, torch.float64)
     for t in (q, k, v):
         t.requires_grad_()
     for mask in ((True, 2, -1), (False, -1, -1), (True, -1, -1)):

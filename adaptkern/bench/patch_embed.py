@@ -1,8 +1,10 @@
 """Benchmark cases for the variable patch-size embedding.
 
 Same-shape batches compare ``ak.flexi_patch_embed`` with the two usual PyTorch paths, each
-after the same PI-resize (the cached matrix, one small matmul; timm's
-``resample_patch_embed`` would rebuild the pseudo-inverse on every call):
+after the PI-resize a user writes (``timm_resample``: timm's ``resample_patch_embed``, the
+weight flattened to (D, C, ph0*pw0) times the (ph0*pw0, ph*pw) pseudo-inverse, here with
+that matrix cached, timm's best case; adaptkern's ``pi_resize`` applies the same matrix in
+its separable form):
 
 * ``resample + conv2d``: F.conv2d(images, w, b, stride=p).flatten(2).transpose(1, 2) (timm's
   PatchEmbed with a resampled weight),
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 from .. import _backend
 from ..flops.patch_embed import patch_embed_backward_flops, patch_embed_flops
 from ..ops.patch_embed import flexi_patch_embed, flexi_patch_embed_packed
-from ..ops.pi_resize import pi_resize
+from ..ops.pi_resize import pi_resize, pi_resize_matrix
 from .timing import time_ms, tflops
 
 # Dense peaks (TFLOP/s for bf16/fp16 tensor cores, fp32 without TF32; TB/s HBM), SXM parts.
@@ -56,24 +58,35 @@ CPU_MIXED_CASES = [("cpu-mixed-p8", [32, 48, 64, 24, 40, 56], 3, 16, 8, 64),
                    ("cpu-equal-p16", [128] * 8, 3, 32, 16, 192)]
 
 
-def conv_path(images, weight, bias, patch):
+def timm_resample(weight, patch):
+    """The PI-resize as timm writes it: (D, C, ph0*pw0) @ the full (ph0*pw0, ph*pw)
+    pseudo-inverse, in float32 (the matrix from adaptkern's cache: computed once)."""
+    old, new = tuple(weight.shape[2:]), (patch, patch) if isinstance(patch, int) else tuple(patch)
+    if old == new:
+        return weight
+    matrix = pi_resize_matrix(old, new, device=weight.device)
+    return (weight.flatten(2).float() @ matrix.T).reshape(*weight.shape[:2], *new).to(weight.dtype)
+
+
+def conv_path(images, weight, bias, patch, resample=timm_resample):
     """timm-style: PI-resampled weight, F.conv2d with stride = patch, flatten to tokens."""
-    resized = pi_resize(weight, patch)
+    resized = resample(weight, patch)
     return F.conv2d(images, resized.to(images.dtype), None if bias is None else bias.to(images.dtype),
                     stride=patch).flatten(2).transpose(1, 2)
 
 
 def unfold_path(images, weight, bias, patch):
     """F.unfold into (B, C*p*p, N) patch columns, then one F.linear."""
-    resized = pi_resize(weight, patch)
+    resized = timm_resample(weight, patch)
     columns = F.unfold(images, kernel_size=patch, stride=patch).transpose(1, 2)
     return F.linear(columns, resized.reshape(resized.shape[0], -1).to(images.dtype),
                     None if bias is None else bias.to(images.dtype))
 
 
-def per_image_path(images, weight, bias, patch):
-    """A list of images as a user writes it: one PI-resize, F.conv2d per image, tokens concatenated."""
-    resized = pi_resize(weight, patch)
+def per_image_path(images, weight, bias, patch, resample=timm_resample):
+    """A list of images as a user writes it: one PI-resize, F.conv2d per image, tokens
+    concatenated. ``resample``: timm's (default) or adaptkern's ``pi_resize``."""
+    resized = resample(weight, patch)
     return torch.cat([F.conv2d(x[None], resized.to(x.dtype), None if bias is None else bias.to(x.dtype),
                                stride=patch).flatten(2).transpose(1, 2)[0] for x in images])
 

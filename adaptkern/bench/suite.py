@@ -161,6 +161,9 @@ def patch_embed_mixed_case(spec, dtype, device, seed=0) -> Case:
     packed = {f"adaptkern packed ({b})": ((lambda b: lambda w, c: flexi_patch_embed_packed(
         images, w, c, patch, backend=b).tokens)(b), True) for b in backends}
     packed["resample + conv2d per image"] = (lambda w, c: pe.per_image_path(images, w, c, patch), False)
+    # The same with adaptkern's (separable) PI-resize: what the packing alone gains.
+    packed["ak.pi_resize + conv2d per image"] = (lambda w, c: pe.per_image_path(
+        images, w, c, patch, resample=pe.pi_resize), False)
     padded = {f"pad + adaptkern ({backends[0]})": (lambda w, c: pe.padded_path(
         images, w, c, patch, embed=lambda x, w_, b_, p: flexi_patch_embed(x, w_, b_, p, backend=backends[0])), False),
               "pad + resample + conv2d": (lambda w, c: pe.padded_path(images, w, c, patch), False)}

@@ -113,6 +113,41 @@ def _layout(groups, total_q, total_k):
     return covered_q, covered_k, whole
 
 
+def uniform_lengths(cu_seqlens_q, cu_seqlens_k, total_q, total_k):
+    """(S, Lq, Lk) when every one of the S sequences has Lq > 0 queries and Lk > 0 keys: the
+    packed tensors are then (S, L, H, D) batches as they are, one call without bookkeeping.
+    Else None."""
+    cu_q = cu_seqlens_q.tolist()
+    cu_k = cu_q if cu_seqlens_k is cu_seqlens_q else cu_seqlens_k.tolist()
+    count = len(cu_q) - 1
+    if count < 1 or total_q % count or total_k % count or not total_q or not total_k:
+        return None
+    len_q, len_k = total_q // count, total_k // count
+    if cu_q != list(range(0, total_q + 1, len_q)) or cu_k != list(range(0, total_k + 1, len_k)):
+        return None
+    return count, len_q, len_k
+
+
+def _bucket_forward(qs, ks, vs, group, left, right, softmax_scale, lse_dtype):
+    """One bucket: (n, Lq, H, D) queries and (n, Lk, Hkv, D) keys / values -> out
+    (n, Lq, H, D) and lse (n, H, Lq)."""
+    len_q, len_k = qs.shape[1], ks.shape[1]
+    is_causal, mask, seen = _mask(len_q, len_k, left, right, qs.dtype)
+    ks, vs = _kv(_heads_first(ks), _heads_first(vs), group)
+    o, l = _flash(_heads_first(qs), ks, vs, 0.0, is_causal, attn_mask=mask, scale=softmax_scale)
+    o, l = o.transpose(1, 2), l.to(lse_dtype)
+    if seen is not None:
+        o = torch.where(seen[:, None, None], o, 0)
+        l = torch.where(seen, l, float("-inf"))
+    return o, l
+
+
+def _packed_lse(lse):
+    """(n, H, L) lse of one bucket covering every row -> (H, n*L), dense as the fake impl
+    promises (the kernel's own is (n, L, H) in memory)."""
+    return lse.transpose(0, 1).flatten(1).contiguous()
+
+
 def varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal=False, window_left=-1,
                              window_right=-1):
     """out (total_q, Hq, D) in q's dtype and lse (Hq, total_q) float32 (float64 for float64)
@@ -121,21 +156,22 @@ def varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale,
     group = num_heads // k.shape[1]
     left, right = effective_window(causal, window_left, window_right)
     lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    uniform = uniform_lengths(cu_seqlens_q, cu_seqlens_k, total_q, k.shape[0])
+    if uniform is not None:
+        count, len_q, len_k = uniform
+        o, l = _bucket_forward(q.unflatten(0, (count, len_q)), k.unflatten(0, (count, len_k)),
+                               v.unflatten(0, (count, len_k)), group, left, right, softmax_scale, lse_dtype)
+        return o.reshape(q.shape), _packed_lse(l)
     groups = buckets(cu_seqlens_q, cu_seqlens_k)
     covered, _, whole = _layout(groups, total_q, k.shape[0])
     out = _destination(q, q.shape, covered, whole)
     lse = _destination(q, (num_heads, total_q), covered, whole, float("-inf"), lse_dtype)
     for (len_q, len_k), starts in groups.items():
         rows_q, rows_k = _Rows([s[0] for s in starts], len_q), _Rows([s[1] for s in starts], len_k)
-        is_causal, mask, seen = _mask(len_q, len_k, left, right, q.dtype)
-        ks, vs = _kv(_heads_first(rows_k.gather(k)), _heads_first(rows_k.gather(v)), group)
-        o, l = _flash(_heads_first(rows_q.gather(q)), ks, vs, 0.0, is_causal, attn_mask=mask, scale=softmax_scale)
-        o, l = o.transpose(1, 2), l.to(lse_dtype)  # (n, Lq, H, D), (n, H, Lq)
-        if seen is not None:
-            o = torch.where(seen[:, None, None], o, 0)
-            l = torch.where(seen, l, float("-inf"))
+        o, l = _bucket_forward(rows_q.gather(q), rows_k.gather(k), rows_k.gather(v), group, left, right,
+                               softmax_scale, lse_dtype)
         if whole:
-            return o.reshape(q.shape), l.transpose(0, 1).reshape(num_heads, total_q)
+            return o.reshape(q.shape), _packed_lse(l)
         rows_q.scatter(out, o)
         rows_q.scatter(lse, l.transpose(0, 1), dim=1)
     return out, lse
@@ -151,38 +187,64 @@ def _with_lse_gradient(q, k, v, out, dout, dlse):
     return pad(q, 0), pad(k, 0), pad(v, 0), pad(out, -1), torch.cat([dout, dlse[..., None].to(dout.dtype)], -1)
 
 
+def _bucket_backward(dos, qs, ks, vs, os_, ls, dls, num_kv_heads, left, right, softmax_scale):
+    """One bucket: (n, L, H, D) dout / q / out, (n, L, Hkv, D) k / v, lse and dlse (H, n, Lq)
+    (dlse or None) -> dq (n, Lq, H, D), dk / dv (n, Lk, Hkv, D)."""
+    len_q, len_k, num_heads, head_dim = qs.shape[1], ks.shape[1], qs.shape[2], qs.shape[3]
+    group = num_heads // num_kv_heads
+    is_causal, mask, seen = _mask(len_q, len_k, left, right, qs.dtype)
+    qs, os_, dos = _heads_first(qs), _heads_first(os_), _heads_first(dos)
+    ks, vs = _kv(_heads_first(ks), _heads_first(vs), group)
+    ls, dls = ls.transpose(0, 1), None if dls is None else dls.transpose(0, 1)  # (n, H, Lq)
+    if seen is not None:
+        # No key: probabilities exp(-inf - lse) must be 0, so lse 0 there, and nothing flows back.
+        ls = torch.where(seen, ls, 0)
+        dos = torch.where(seen[:, None], dos, 0)
+        dls = None if dls is None else torch.where(seen, dls, 0)
+    if dls is not None:
+        qs, ks, vs, os_, dos = _with_lse_gradient(qs, ks, vs, os_, dos, dls)
+    gq, gk, gv = _flash_backward(dos, qs, ks, vs, os_, ls.contiguous(), 0.0, is_causal, attn_mask=mask,
+                                 scale=softmax_scale)
+    gq, gk, gv = (g[..., :head_dim].transpose(1, 2) for g in (gq, gk, gv))  # (n, L, H, D)
+    if gk.shape[2] != num_kv_heads:
+        gk, gv = (g.unflatten(2, (num_kv_heads, group)).sum(3) for g in (gk, gv))
+    return gq, gk, gv
+
+
+def _packed(grad, shape):
+    """(n, L, H, D) gradient of one bucket covering every row -> ``shape``, dense as the fake
+    impl promises (a view unless lse's gradient widened the head dim)."""
+    return grad.reshape(shape).contiguous()
+
+
 def varlen_attention_backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, softmax_scale,
                               causal=False, window_left=-1, window_right=-1):
     """Gradients (dq, dk, dv) of :func:`varlen_attention_forward`, by the kernel's own
     backward per bucket; dlse (Hq, total_q) or None."""
-    num_heads, num_kv_heads, head_dim = q.shape[1], k.shape[1], q.shape[2]
-    group = num_heads // num_kv_heads
+    num_kv_heads = k.shape[1]
     left, right = effective_window(causal, window_left, window_right)
+    uniform = uniform_lengths(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0])
+    if uniform is not None:
+        count, len_q, len_k = uniform
+        rows_q = [x.unflatten(0, (count, len_q)) for x in (dout, q)]
+        rows_k = [x.unflatten(0, (count, len_k)) for x in (k, v)]
+        gq, gk, gv = _bucket_backward(*rows_q, *rows_k, out.unflatten(0, (count, len_q)),
+                                      lse.unflatten(1, (count, len_q)),
+                                      None if dlse is None else dlse.unflatten(1, (count, len_q)), num_kv_heads,
+                                      left, right, softmax_scale)
+        return _packed(gq, q.shape), _packed(gk, k.shape), _packed(gv, v.shape)
     groups = buckets(cu_seqlens_q, cu_seqlens_k)
     covered_q, covered_k, whole = _layout(groups, q.shape[0], k.shape[0])
     dq = _destination(q, q.shape, covered_q, whole)
     dk, dv = (_destination(k, k.shape, covered_k, whole) for _ in range(2))
     for (len_q, len_k), starts in groups.items():
         rows_q, rows_k = _Rows([s[0] for s in starts], len_q), _Rows([s[1] for s in starts], len_k)
-        is_causal, mask, seen = _mask(len_q, len_k, left, right, q.dtype)
-        qs, os_, dos = (_heads_first(rows_q.gather(x)) for x in (q, out, dout))
-        ks, vs = _kv(_heads_first(rows_k.gather(k)), _heads_first(rows_k.gather(v)), group)
-        ls = rows_q.gather(lse, dim=1).transpose(0, 1)  # (n, H, Lq)
-        dls = None if dlse is None else rows_q.gather(dlse, dim=1).transpose(0, 1)
-        if seen is not None:
-            # No key: probabilities exp(-inf - lse) must be 0, so lse 0 there, and nothing flows back.
-            ls = torch.where(seen, ls, 0)
-            dos = torch.where(seen[:, None], dos, 0)
-            dls = None if dls is None else torch.where(seen, dls, 0)
-        if dls is not None:
-            qs, ks, vs, os_, dos = _with_lse_gradient(qs, ks, vs, os_, dos, dls)
-        gq, gk, gv = _flash_backward(dos, qs, ks, vs, os_, ls.contiguous(), 0.0, is_causal, attn_mask=mask,
-                                     scale=softmax_scale)
-        gq, gk, gv = (g[..., :head_dim].transpose(1, 2) for g in (gq, gk, gv))  # (n, L, H, D)
-        if gk.shape[2] != num_kv_heads:
-            gk, gv = (g.unflatten(2, (num_kv_heads, group)).sum(3) for g in (gk, gv))
+        gq, gk, gv = _bucket_backward(rows_q.gather(dout), rows_q.gather(q), rows_k.gather(k), rows_k.gather(v),
+                                      rows_q.gather(out), rows_q.gather(lse, dim=1),
+                                      None if dlse is None else rows_q.gather(dlse, dim=1), num_kv_heads, left,
+                                      right, softmax_scale)
         if whole:
-            return gq.reshape(q.shape), gk.reshape(k.shape), gv.reshape(v.shape)
+            return _packed(gq, q.shape), _packed(gk, k.shape), _packed(gv, v.shape)
         rows_q.scatter(dq, gq)
         rows_k.scatter(dk, gk)
         rows_k.scatter(dv, gv)

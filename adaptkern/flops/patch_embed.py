@@ -2,7 +2,9 @@
 
 A patch embedding of T tokens is a (T, C*ph*pw) x (C*ph*pw, D) matrix product. When the
 patch size differs from the base size, the PI-resize of the weight adds one
-(D*C, ph0*pw0) x (ph0*pw0, ph*pw) product per call. The bias add is not counted
+(D*C, ph0*pw0) x (ph0*pw0, ph*pw) product per call: the resize as FlexiViT defines it,
+whichever form computes it (``ak.pi_resize`` applies the matrix's separable factors, fewer
+multiply-adds; the count stays the op's, as attention's counts only allowed pairs). The bias add is not counted
 (FlopCounterMode does not count it for convolutions or linear layers either).
 """
 

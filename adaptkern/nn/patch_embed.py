@@ -9,7 +9,7 @@ from torch import nn
 
 from .._checks import check_int
 from ..ops.patch_embed import flexi_patch_embed, flexi_patch_embed_packed
-from ..ops.pi_resize import as_pair, cached_pi_resize_matrix, check_interpolation
+from ..ops.pi_resize import as_pair, cached_resize_factors, check_interpolation
 
 _OP = "adaptkern.nn.FlexiPatchEmbed"
 
@@ -50,14 +50,14 @@ class FlexiPatchEmbed(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def prewarm(self, patch_sizes: Iterable) -> None:
-        """Fill the PI-resize matrix cache for ``patch_sizes`` on the weight's device, so a
-        torch.compile'd forward finds every matrix it needs without computing one."""
+        """Fill the PI-resize caches (matrix and separable factors) for ``patch_sizes`` on the
+        weight's device, so a torch.compile'd forward computes none of them."""
         dtype = torch.float64 if self.weight.dtype == torch.float64 else torch.float32
         for size in patch_sizes:
             size = as_pair(f"{_OP}.prewarm", "patch_sizes", size)
             if size != self.base_patch_size:
-                cached_pi_resize_matrix(self.base_patch_size, size, self.interpolation, self.antialias,
-                                        self.weight.device, dtype)
+                cached_resize_factors(self.base_patch_size, size, self.interpolation, self.antialias,
+                                      self.weight.device, dtype)
 
     def forward(self, images, patch_size=None):
         """images: (B, C, H, W) -> tokens (B, N, D); or a list of (C, H_i, W_i) ->
