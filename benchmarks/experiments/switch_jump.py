@@ -1,0 +1,78 @@
+"""Issue 16 experiment: how far a switch p16 -> p8 sets a model back, on task variants.
+
+Static p16 (batch 64) and p8 (batch 32) runs, seed 0, each also evaluated at the other patch
+size at every eval (``cross``: the loss right after a switch). Variants: "orig" (the demo's
+SyntheticScales); "mag" (each feature's 4x4x3 sign pattern shown at a scale drawn per image,
+16, 8 or 4 px, as objects appear at any distance); "pink" (mag on a 1/f, scale-invariant,
+background instead of white noise). Not part of the demo: a record of what was tried.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/experiments/switch_jump.py mag 6e11
+"""
+
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from adaptkern.train.data import SyntheticScales
+from adaptkern.train.data.images import _step_rng
+from adaptkern.train.loop import RunConfig, train_run
+from adaptkern.train.schedule import ShapeSchedule
+from adaptkern.train.tasks import VisionTask
+
+
+class Magnified(SyntheticScales):
+    """A feature is its sign pattern (and class); each image shows it at a random scale."""
+
+    def __init__(self, *, pink: bool = False, mag_scales=(16, 8, 4), **kwargs):
+        super().__init__(**kwargs)
+        self.pink, self.mag_scales = pink, mag_scales
+        self.patterns = _step_rng(self.seed, 7, 1).choice([-1.0, 1.0], size=(len(self.frequency), 3, 4, 4))
+
+    def _pink(self, rng, n):
+        size = self.image_size
+        white = rng.standard_normal((n, 3, size, size))
+        k = np.hypot(np.fft.fftfreq(size)[:, None], np.fft.fftfreq(size)[None, :])
+        k[0, 0] = np.inf  # no DC component
+        pink = np.fft.ifft2(np.fft.fft2(white) / k).real
+        return (pink / pink.std(axis=(-1, -2), keepdims=True)).astype(np.float32)
+
+    def generate(self, rng, n):
+        # (draw order as in the recorded runs: a pink background first, white noise after the labels)
+        images = self._pink(rng, n) if self.pink else None
+        features = rng.choice(len(self.frequency), size=n, p=self.frequency)
+        scales = rng.choice(self.mag_scales, size=n)
+        if images is None:
+            images = rng.standard_normal((n, 3, self.image_size, self.image_size), dtype=np.float32)
+        cells = rng.random(n)
+        for i, (feature, s) in enumerate(zip(features, scales)):
+            stamp = np.kron(self.patterns[feature], np.ones((s // 4, s // 4))).astype(np.float32)
+            per_side = self.image_size // s
+            cell = int(cells[i] * per_side * per_side)
+            y, x = (cell // per_side) * s, (cell % per_side) * s
+            images[i, :, y:y + s, x:x + s] += stamp
+        return images, self.feature_class[features].astype(np.int64)
+
+
+def main(variant: str, budget: float):
+    torch.set_num_threads(1)
+    data = {"orig": lambda: SyntheticScales(seed=0, num_eval=512),
+            "mag": lambda: Magnified(seed=0, num_eval=512),
+            "pink": lambda: Magnified(seed=0, num_eval=512, pink=True)}[variant]()
+    for shape, batch in (("p16", 64), ("p8", 32)):
+        config = RunConfig(budget=int(budget), seed=0, lr=2e-3, n_evals=10, first_eval_fraction=0.02,
+                           warmup_steps=30, cross_eval_shapes=("p8", "p16"), cross_eval_after=0.0, progress=False)
+        out = os.path.join(tempfile.gettempdir(), f"switch_jump_{variant}_{shape}_{int(budget)}")
+        started = time.time()
+        result = train_run(VisionTask(data, batch_size=batch), ShapeSchedule.static(shape), config, out, resume=False)
+        print(f"{variant} {shape} ({time.time() - started:.0f} s): compute, loss, loss at the other patch size")
+        for row in result.evals:
+            cross = {k: round(v, 3) for k, v in row.get("cross", {}).items()}
+            print(f"  {row['compute']:.3g}  {row['loss']:.3f}  {cross}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], float(sys.argv[2]))
