@@ -275,3 +275,31 @@ def test_cpu_clock_leaves_out_time_without_the_cpu():
     with cpu_clock():
         assert time_ms(nap, device="cpu", rep_ms=1)["median"] < 25
     assert time_ms(nap, device="cpu", rep_ms=1)["median"] >= 50  # restored
+
+
+def test_static_audit_counts_per_unit_of_work():
+    """`adaptkern bench --static`'s table: hot-loop warp-instructions per unit of work from a
+    launch's loop length, warps and work tile; no unit for a loop-less or unknown kernel."""
+    from adaptkern.bench import static
+
+    launch = dict(kernel="_fwd_kernel", arch=90, shared=66560, num_warps=4, num_stages=3, regs=255, local=0,
+                  hot_loop=512, hot_loop_spills=0, constexprs={"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_D": 64},
+                  wgmma=True, mma=False, tma=True)
+    assert static.per_unit(launch) == 512 * 4 / (128 * 64)
+    weight = {**launch, "kernel": "_grad_weight_kernel", "constexprs": {"BLOCK_D": 128, "BLOCK_K": 128}}
+    assert static.per_unit(weight) == 512 * 4 / (128 * 128)
+    assert static.per_unit({**launch, "hot_loop": 0}) is None
+    assert static.per_unit({**launch, "kernel": "_preprocess_kernel"}) is None
+    table = static.audit_table([launch, {**launch, "kernel": "_preprocess_kernel", "hot_loop": 0}])
+    row = table.splitlines()[2].split()
+    assert row[:2] == ["_fwd_kernel", "90"] and "wgmma+tma" in row and row[-1] == "0.250"
+    assert table.splitlines()[3].split()[-1] == "-"
+    with pytest.raises(ValueError, match="unknown op"):
+        static.run_audit(["conv"])
+
+
+def test_static_audit_cli_names_a_bad_arch(capsys):
+    from adaptkern.cli import main
+
+    assert main(["bench", "--static", "--arch", "75"]) == 2
+    assert "argument --arch: invalid choice: 75" in capsys.readouterr().err

@@ -35,9 +35,23 @@ def _command(args) -> str:
     return " ".join(parts + [f"--out {args.out}"])
 
 
+def _static(args) -> int:
+    from adaptkern.bench import static
+
+    ops = None if args.op == "all" else [args.op]
+    try:
+        static.run_audit(ops, archs=tuple(args.arch))
+    except (RuntimeError, ValueError) as error:
+        print(f"adaptkern bench: error: --static: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def run(args) -> int:
     if args.table is not None:
         return _table(args)
+    if args.static:
+        return _static(args)
     import torch
 
     from adaptkern.bench import plot, runner, suite, table
@@ -93,4 +107,10 @@ def register(subparsers) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--table", nargs="?", const="latest", metavar="FILE",
                         help="print FILE (default: the newest GPU results in --out) as a markdown table; run nothing")
+    parser.add_argument("--static", action="store_true",
+                        help="no timing: compile each Triton kernel as launched for --arch (no GPU needed) and print "
+                             "registers, spills, shared memory, tensor-core use and hot-loop instructions per unit "
+                             "of work (a static proxy for speed)")
+    parser.add_argument("--arch", type=int, nargs="+", default=[90], choices=[80, 90],
+                        help="SM architectures for --static (default 90)")
     parser.set_defaults(func=run)
