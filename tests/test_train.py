@@ -203,6 +203,34 @@ def test_loss_triggered_switch_follows_the_smoothed_training_loss(tmp_path, seed
     assert probe.ledger.total(phase="forward") == never.ledger.total(phase="forward")
 
 
+def test_loss_trigger_with_an_eval_shape_reads_the_training_loss_in_eval_units(tmp_path, seed):
+    """With evals at a fixed eval_shape (the LM's longest context), the plan's loss levels are
+    eval losses: the trigger is the smoothed training loss plus its gap to the eval loss at the
+    latest eval of the segment. Replayed step by step from a static run, with a level that only
+    the shifted loss reaches (or only the unshifted one, when the gap is positive)."""
+    task = vit_task(seed)
+    per_step = train_run(task, ShapeSchedule.static("p8"), config(max_steps=1), tmp_path / "one").compute
+    cfg = config(max_steps=8, seed=seed, smooth_steps=3, eval_shape="p4", eval_points=(0.5 * per_step,))
+    train_run(task, ShapeSchedule.static("p8"), cfg, tmp_path / "probe")
+    smooth = [json.loads(r)["smoothed"] for r in (tmp_path / "probe" / "metrics.jsonl").read_text().splitlines()]
+    (row,) = [json.loads(r) for r in (tmp_path / "probe" / "evals.jsonl").read_text().splitlines()]
+    assert row["shape"] == "p4" and row["train_shape"] == "p8" and row["step"] == 1
+    assert row["smoothed_train_loss"] == smooth[0]
+    gap = row["loss"] - smooth[0]
+    assert gap != 0
+    level = min(smooth[:7]) + gap / 2  # reached by smooth + gap or by smooth (before step 8), never both
+
+    def switch_step(shift):  # the first step (0-based) whose trigger reads <= level; the eval is after step 0
+        return next((s for s in range(1, 8) if smooth[s - 1] + shift <= level), None)
+
+    assert (switch_step(gap) is None) != (switch_step(0.0) is None)
+    plain = config(**{**vars(cfg), "eval_shape": None})
+    for name, run_config, shift in (("eval_shape", cfg, gap), ("plain", plain, 0.0)):
+        run = train_run(task, ShapeSchedule((("p8", level), ("p4", None)), trigger="loss"), run_config, tmp_path / name)
+        expected = switch_step(shift)
+        assert [w["step"] for w in run.switches] == ([expected] if expected is not None else []), name
+
+
 def test_budget_and_target_stop(tmp_path, seed):
     task = vit_task(seed)
     per_step = train_run(task, ShapeSchedule.static("p8"), config(max_steps=1), tmp_path / "probe").compute

@@ -20,6 +20,11 @@ average over ``smooth_steps`` steps, reset at every shape switch (it drives loss
 switches; one host sync per step reads the loss). At a shape switch the model is evaluated
 at the old and the new shape (the measured loss jump, ``RunResult.switches``).
 
+Loss triggers compare like with like. With ``eval_shape`` set, evals score another quantity
+than the training loss (the LM's every context scored at the longest one, where a plan's
+loss levels come from), so the trigger reads the smoothed training loss shifted by its gap
+to the eval loss at the latest eval of the current segment (no shift before that eval).
+
 Per-shape hyper-parameters: ``RunConfig.lr`` may be a dict {shape: lr}; batch sizes per
 shape belong to the task (``VisionTask(batch_size={...})``), so an adaptive run trains
 every segment with its shape's tuned settings.
@@ -55,6 +60,8 @@ class RunConfig:
     budget: training FLOPs (exact, summed over ranks) after which the run stops.
     eval_points: training-compute levels at which to evaluate (default: ``n_evals``
         log-spaced from ``first_eval_fraction * budget`` to ``budget``).
+    eval_shape: score every eval at this shape (None: the shape being trained); loss
+        triggers then read the training loss shifted to the evals' units.
     stop_at_loss: also stop after the first eval at or below this loss.
     max_steps: also stop after this many steps (a pause: a later call resumes).
     measure_every_step: count every step under FlopCounterMode instead of once per FLOP
@@ -147,7 +154,8 @@ def train_run(task, schedule: ShapeSchedule, config: RunConfig, out_dir, *, devi
                                   weight_decay=config.weight_decay)
     ledger, flops = FlopLedger(), SignatureFlopCache(device)
     state = {"step": 0, "compute": 0, "next_eval": 0, "evals": [], "stopped": None, "seconds": 0.0,
-             "segment": 0, "smooth": [0.0, 0.0], "initial": None, "switches": [], "last_eval": 0}
+             "segment": 0, "smooth": [0.0, 0.0], "initial": None, "switches": [], "last_eval": 0,
+             "eval_gap": None}
     metrics = JsonLines(os.path.join(out_dir, "metrics.jsonl"))
     eval_log = JsonLines(os.path.join(out_dir, "evals.jsonl"))
     ckpt = checkpoint.load(out_dir, identity) if resume else None
@@ -184,6 +192,12 @@ def train_run(task, schedule: ShapeSchedule, config: RunConfig, out_dir, *, devi
         ema, weight = state["smooth"]
         return ema / weight if weight else None
 
+    def trigger_loss():
+        """The smoothed training loss in the evals' units (see the module docstring)."""
+        value = smoothed()
+        gap = state.get("eval_gap")
+        return value if value is None or gap is None or config.eval_shape is None else value + gap
+
     # The models build cu_seqlens from Python ints (valid by construction): checking their
     # values would cost a host sync in every attention call of every step.
     with validation(False):
@@ -198,14 +212,14 @@ def train_run(task, schedule: ShapeSchedule, config: RunConfig, out_dir, *, devi
             if config.max_steps is not None and state["step"] >= config.max_steps:
                 break  # a pause, not an end: the run can be resumed
             step = state["step"]
-            index = schedule.index_at(state["compute"], smoothed(), state["segment"])
+            index = schedule.index_at(state["compute"], trigger_loss(), state["segment"])
             if index != state["segment"]:
                 old, new = schedule.segments[state["segment"]][0], schedule.segments[index][0]
                 state["switches"].append({"step": step, "compute": state["compute"], "from": old, "to": new,
                                           "loss_before": run_eval(config.eval_shape or old),
                                           "loss_after": run_eval(config.eval_shape or new),
                                           "smoothed_train_loss": smoothed()})
-                state["segment"], state["smooth"] = index, [0.0, 0.0]
+                state["segment"], state["smooth"], state["eval_gap"] = index, [0.0, 0.0], None
             shape = schedule.segments[state["segment"]][0]
             batch = task.train_batch(step, shape, rank, world, device)
             for group in optimizer.param_groups:
@@ -250,6 +264,7 @@ def train_run(task, schedule: ShapeSchedule, config: RunConfig, out_dir, *, devi
                     row["cross"] = {s: run_eval(s) for s in config.cross_eval_shapes if s != eval_shape}
                 state["evals"].append(row)
                 state["last_eval"] = state["compute"]
+                state["eval_gap"] = loss_eval - smoothed()
                 if distributed.is_main():
                     eval_log.write(row)
                 if config.stop_at_loss is not None and loss_eval <= config.stop_at_loss:
