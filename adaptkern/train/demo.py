@@ -7,8 +7,9 @@ Protocol (every step resumable with ``resume=True``; what each step spends is bo
    of a shape are tokens / patches per image); the chosen setting of a shape is the one with
    the lowest final loss (mean of its last two evals). A best setting at the edge of the
    grid means the optimum may lie beyond it: the grid is extended past that edge (halving
-   or doubling, at most ``grid_extend`` times per shape) until the best is inside. These runs also give the laws, the
-   targets and the switch jumps: everything the plan needs is fixed before any measured run.
+   or doubling, at most ``grid_extend`` times per shape) until the best is inside. These
+   runs also give the laws, the targets and the switch jumps: everything the plan needs is
+   fixed before any measured run.
 2. Laws: one per shape, anchored at the run's step-0 loss, fitted after the transient
    (``laws.TRANSIENT_RULE``); a law with a parameter at a bound falls back to the measured
    curve (``laws.fit_laws``).
@@ -52,20 +53,19 @@ from .tasks import LMTask, VisionTask
 
 # Sized for 2 CPU cores (see the README for measured times); a GPU runs the same sizes.
 PRESETS = {
-    "vit": {"shapes": ["p16", "p8", "p4"], "budget": 1.5e11, "grid": [256, 512, 1024], "grid_extend": 2, "num_eval": 512,
-            "n_evals": 10, "first_eval_fraction": 0.02, "lr": 2e-3, "seeds": 3, "oracle_points": 4,
+    "vit": {"shapes": ["p16", "p8", "p4"], "budget": 1.5e11, "grid": [256, 512, 1024], "grid_extend": 2,
+            "num_eval": 512, "n_evals": 10, "first_eval_fraction": 0.02, "lr": 2e-3, "seeds": 3, "oracle_points": 4,
             "dense_ratio": 1.1, "warmup_steps": 30},
     "lm": {"shapes": ["ctx16", "ctx64", "ctx256"], "budget": 1.5e11, "grid": [512, 1024, 2048], "grid_extend": 2,
-           "num_eval": 8192,
-           "n_evals": 10, "first_eval_fraction": 0.02, "lr": 3e-3, "seeds": 3, "oracle_points": 4,
+           "num_eval": 8192, "n_evals": 10, "first_eval_fraction": 0.02, "lr": 3e-3, "seeds": 3, "oracle_points": 4,
            "dense_ratio": 1.1, "warmup_steps": 30},
 }
 # --fast (CI): tiny budgets, one seed, two settings per shape: proves the pipeline, not the science.
 FAST = {
-    "vit": {"budget": 5e9, "grid": [256, 1024], "grid_extend": 0, "num_eval": 64, "n_evals": 6, "first_eval_fraction": 0.05,
-            "seeds": 1, "oracle_points": 2, "dense_ratio": 1.25, "warmup_steps": 3},
-    "lm": {"budget": 5e9, "grid": [512, 1024], "grid_extend": 0, "num_eval": 1024, "n_evals": 6, "first_eval_fraction": 0.05,
-           "seeds": 1, "oracle_points": 2, "dense_ratio": 1.25, "warmup_steps": 3},
+    "vit": {"budget": 5e9, "grid": [256, 1024], "grid_extend": 0, "num_eval": 64, "n_evals": 6,
+            "first_eval_fraction": 0.05, "seeds": 1, "oracle_points": 2, "dense_ratio": 1.25, "warmup_steps": 3},
+    "lm": {"budget": 5e9, "grid": [512, 1024], "grid_extend": 0, "num_eval": 1024, "n_evals": 6,
+           "first_eval_fraction": 0.05, "seeds": 1, "oracle_points": 2, "dense_ratio": 1.25, "warmup_steps": 3},
 }
 TUNE_SEED_OFFSET = 1000  # the tuning seed is seed + 1000: never one of the measured seeds
 
