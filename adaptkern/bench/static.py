@@ -169,7 +169,7 @@ def per_unit(launch: dict):
 
 def _config(launch: dict) -> str:
     c = launch["constexprs"]
-    keys = [k for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_D", "HEAD_DIM", "BLOCK_DMODEL", "PACKED") if k in c]
+    keys = [k for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_D", "PACKED") if k in c]
     return " ".join(f"{k}={c[k]}" for k in keys)
 
 
