@@ -71,6 +71,13 @@ def check_tensor(op: str, name: str, value, *, ndim=None, dtypes=None, device=No
     return value
 
 
+def check_bool(op: str, name: str, value) -> bool:
+    """A flag that must be a real bool (1, "yes" or a tensor are refused, not read as truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{op}: {name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
 def check_int(op: str, name: str, value, *, minimum: int = 1):
     """An integer argument (Python, NumPy or a traced SymInt) that is at least ``minimum``."""
     if isinstance(value, torch.SymInt):

@@ -380,3 +380,60 @@ def test_shape_schedule_rejects_nan_and_negative_ends():
     for end in (math.nan, -5.0):
         with pytest.raises(ValueError, match="compute_end values must be numbers >= 0"):
             ShapeSchedule((("p16", end), ("p8", math.inf)))
+
+
+@pytest.mark.parametrize("call,name", [
+    (lambda q, cu: ak.varlen_attention(q, q, q, cu, cu, 3, 3, return_lse=1), "return_lse"),
+    (lambda q, cu: ak.varlen_attention(q, q, q, cu, cu, 3, 3, causal=1), "causal"),
+    (lambda q, cu: ak.flash_attn_varlen_func(q, q, q, cu, cu, 3, 3, deterministic="yes"), "deterministic"),
+    (lambda q, cu: ak.flash_attn_varlen_func(q, q, q, cu, cu, 3, 3, return_attn_probs=1), "return_attn_probs"),
+    (lambda q, cu: ak.varlen_attn(q, q, q, cu, cu, 3, 3, enable_gqa=1), "enable_gqa"),
+    (lambda q, cu: ak.unpack(q, cu, as_list=1), "as_list"),
+])
+def test_flags_must_be_bools_not_truthy_values(call, name):
+    q, cu = torch.randn(5, 2, 8), torch.tensor([0, 3, 5], dtype=torch.int32)
+    with pytest.raises(TypeError, match=rf"{name} must be a bool, got (int|str)"):
+        call(q, cu)
+
+
+def test_count_step_and_num_params_check_their_flags():
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(TypeError, match="compute must be a bool, got int"):
+        ak.flops.count_step(model, lambda m: m(torch.randn(1, 3)).sum(), compute=0)
+    with pytest.raises(TypeError, match="embedding must be a bool, got str"):
+        ak.flops.num_params(model, embedding="no")
+    with pytest.raises(TypeError, match="model must be an nn.Module, got str"):
+        ak.flops.num_params("model")
+
+
+@pytest.mark.parametrize("field,value,error,rule", [
+    ("budget", 0, ValueError, "budget must be >= 1, got 0"),
+    ("budget", 1e9, TypeError, "budget must be an int, got float"),
+    ("lr", math.nan, ValueError, "lr must be finite"),
+    ("lr", {"p8": -1e-3}, ValueError, r"lr\['p8'\] must be > 0"),
+    ("lr", "fast", TypeError, "lr must be a number, got str"),
+    ("warmup_steps", -1, ValueError, "warmup_steps must be >= 0"),
+    ("grad_clip", -1.0, ValueError, "grad_clip must be >= 0"),
+    ("first_eval_fraction", 0.0, ValueError, "first_eval_fraction must be > 0"),
+    ("first_eval_fraction", 2.0, ValueError, "first_eval_fraction must be <= 1"),
+    ("eval_points", (1e9, math.inf), ValueError, "eval_points must be finite"),
+    ("dense_ratio", 1.0, ValueError, "dense_ratio must be > 1"),
+    ("cross_eval_after", 1.5, ValueError, "cross_eval_after must be <= 1"),
+    ("smooth_steps", 0, ValueError, "smooth_steps must be >= 1"),
+    ("stop_at_loss", math.nan, ValueError, "stop_at_loss must be finite"),
+    ("max_steps", 2.5, TypeError, "max_steps must be an int"),
+    ("checkpoint_every", 0, ValueError, "checkpoint_every must be >= 1"),
+    ("seed", True, TypeError, "seed must be an int, got bool"),
+])
+def test_run_config_names_a_bad_field(field, value, error, rule):
+    from adaptkern.train import RunConfig
+
+    RunConfig(budget=10**9, grad_clip=None, stop_at_loss=None, max_steps=None)  # the optional ones may be None
+    with pytest.raises(error, match=f"^RunConfig: {rule}"):
+        RunConfig(**{"budget": 10**9, field: value})
+
+
+def test_demo_with_a_budget_of_one_step_stops_at_the_first_run(capsys, tmp_path):
+    err = _cli_error(capsys, ["demo", "--fast", "--budget", "1", "--no-progress", "--out", str(tmp_path)])
+    assert "--budget 1 gives tune" in err and "raise --budget" in err
+    assert len(list((tmp_path / "tune").iterdir())) == 1  # no sweep ran before the error

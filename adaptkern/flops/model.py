@@ -40,6 +40,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.flop_counter import flop_registry
 
+from .._checks import check_bool
+
 _OP = "adaptkern.flops.count_step"
 LAYER_TYPES = ("attention", "attn_linear", "mlp", "patch_embed", "patch_resize", "pos_embed", "embedding", "head",
                "other")
@@ -302,6 +304,7 @@ def count_step(model: nn.Module, loss_fn, *, optimizer=None, compute: bool = Tru
         raise TypeError(f"{_OP}: model must be an nn.Module, got {type(model).__name__}")
     if not callable(loss_fn):
         raise TypeError(f"{_OP}: loss_fn must be a callable returning the loss, got {type(loss_fn).__name__}")
+    check_bool(_OP, "compute", compute)
     if optimizer is not None and not compute:
         raise ValueError(f"{_OP}: optimizer must be None with compute=False (its step would write "
                          "meaningless values into the parameters)")
@@ -334,7 +337,9 @@ def num_params(model: nn.Module, *, embedding: bool = True) -> int:
     embedding tables, patch embedding, positional embedding): Kaplan et al.'s N."""
     from ..nn import FlexiPatchEmbed, InterpPosEmbed
 
-    if embedding:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"adaptkern.flops.num_params: model must be an nn.Module, got {type(model).__name__}")
+    if check_bool("adaptkern.flops.num_params", "embedding", embedding):
         return sum(p.numel() for p in model.parameters())
     skip = {id(p) for m in model.modules() if isinstance(m, (nn.Embedding, FlexiPatchEmbed, InterpPosEmbed))
             for p in m.parameters()}

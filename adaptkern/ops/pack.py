@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 import torch
 
 from .. import _backend, _ext
-from .._checks import (DTypeError, check_cu_seqlens, check_int, check_tensor, lengths_from_cu_seqlens,
+from .._checks import (DTypeError, check_bool, check_cu_seqlens, check_int, check_tensor, lengths_from_cu_seqlens,
                        value_checks_enabled)
 from ..reference import pack as reference
 
@@ -250,7 +250,7 @@ def unpack(
     check_tensor(_UOP, "data", data, min_ndim=1)
     batch = check_cu_seqlens(_UOP, "cu_seqlens", cu_seqlens, total=data.shape[0], total_name="data.shape[0]",
                              max_seqlen=max_seqlen, device=data.device)
-    if as_list:
+    if check_bool(_UOP, "as_list", as_list):
         return list(torch.split(data, lengths_from_cu_seqlens(cu_seqlens), 0))
     if max_seqlen is None:
         max_seqlen = max(lengths_from_cu_seqlens(cu_seqlens), default=0)

@@ -16,7 +16,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from .. import _backend
-from .._checks import DTypeError, check_cu_seqlens, check_int, check_tensor, lengths_from_cu_seqlens
+from .._checks import DTypeError, check_bool, check_cu_seqlens, check_int, check_tensor, lengths_from_cu_seqlens
 from ..cpu import varlen_attention as cpu
 from ..flops.varlen_attention import allowed_pairs, check_window
 from ..reference import varlen_attention as reference
@@ -172,8 +172,7 @@ def _attention(op, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
                window_size, backend):
     """Validate, dispatch, run: (out, lse)."""
     max_seqlen_q, max_seqlen_k = _check_inputs(op, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
-    if not isinstance(causal, bool):
-        raise TypeError(f"{op}: causal must be a bool, got {type(causal).__name__}")
+    check_bool(op, "causal", causal)
     window_left, window_right = check_window(op, window_size, causal)
     if softmax_scale is None:
         softmax_scale = q.shape[2] ** -0.5
@@ -231,6 +230,7 @@ def varlen_attention(
     tensor: one when cu_seqlens_k is cu_seqlens_q (self-attention), else two (see
     ``adaptkern.set_validation``).
     """
+    check_bool(_OP, "return_lse", return_lse)
     out, lse = _attention(_OP, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
                           causal, window_size, backend)
     return (out, lse) if return_lse else out
@@ -276,6 +276,8 @@ def flash_attn_varlen_func(
         raise NotImplementedError(f"{op}: alibi_slopes is not supported; pass alibi_slopes=None")
     if block_table is not None:
         raise NotImplementedError(f"{op}: block_table (paged KV cache) is not supported; pass block_table=None")
+    check_bool(op, "deterministic", deterministic)
+    check_bool(op, "return_attn_probs", return_attn_probs)
     out, lse = _attention(op, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
                           causal, window_size, backend)
     return (out, lse, None) if return_attn_probs else out

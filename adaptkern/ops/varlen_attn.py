@@ -9,6 +9,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
+from .._checks import check_bool
 from .varlen_attention import varlen_attention
 
 _OP = "adaptkern.varlen_attn"
@@ -50,6 +51,7 @@ def varlen_attn(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_
     for name, given in (("seqused_k", seqused_k), ("block_table", block_table), ("num_splits", num_splits)):
         if given is not None:
             raise NotImplementedError(f"{_OP}: {name} (paged / split-KV inference) is not supported")
+    check_bool(_OP, "enable_gqa", enable_gqa)
     if cu_seq_k is None:
         raise NotImplementedError(f"{_OP}: cu_seq_k=None (torch's paged-KV form) is not supported; pass cu_seq_k")
     if isinstance(query, torch.Tensor) and isinstance(key, torch.Tensor) and query.ndim == key.ndim == 3:

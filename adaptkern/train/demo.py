@@ -208,6 +208,10 @@ def run_demo(model: str = "vit", *, images=None, text=None, shapes=None, budget=
             config = RunConfig(seed=tune_seed, cross_eval_shapes=tuple(names), cross_eval_after=0.3, **common)
             record = run(task, ShapeSchedule.static(shape), config,
                          os.path.join(out, "tune", f"{shape}-{setting}"), f"tune {shape} batch {setting}")
+            if len(record["evals"]) < 2:  # the budget is a step or two: no curve to fit, say so now
+                raise ValueError(f"--budget {budget:.3g} gives tune {shape} batch {setting} only {record['steps']} "
+                                 f"training step(s) and {len(record['evals'])} eval(s); every run needs a curve: "
+                                 "raise --budget (the preset is the default)")
             tried[shape].append({"setting": setting, "record": record})
             return final_loss(record["evals"])
 
