@@ -14,7 +14,7 @@ Measured (3e11, seed 0): mag32 p16 ends 0.753, p8 1.036; p16 evaluated at p8 at 
 -> 1.992 (+1.24 nats), so seeing multi-token features at p16 did not make the switch cheaper.
 orig64 p16 ends 0.964, p8 1.518; p16 at p8 at 1.95e11: 1.129 -> 2.86 (+1.73 nats), and the gap
 grows with training (+0.09 at 2.2e10): a p16 model specialises to its token scale, as a plain
-ViT does when PI-resized to another patch size (FlexiViT, Beyer et al. 2023, Fig. 3).
+ViT does when PI-resized to another patch size (FlexiViT, Beyer et al. 2023, Fig. 2: DeiT III at other patch sizes).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/experiments/switch_jump.py mag 6e11
 """
