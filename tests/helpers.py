@@ -16,6 +16,12 @@ REL_TOL = {
 }
 
 
+def torch_opts(opts: dict) -> dict:
+    """adaptkern's resize options (``interpolation=``) as F.interpolate and the reference's
+    internal helpers spell them (``mode=``)."""
+    return {("mode" if k == "interpolation" else k): v for k, v in opts.items()}
+
+
 def rel_error(value: torch.Tensor, reference: torch.Tensor) -> float:
     """||value - reference|| / ||reference|| in float64 (0 when both are all zero)."""
     value, reference = value.detach().double().cpu(), reference.detach().double().cpu()

@@ -11,17 +11,18 @@ from torch.utils.flop_counter import FlopCounterMode
 import adaptkern as ak
 from adaptkern.reference import interp_pos_embed as reference
 
-from helpers import assert_as_accurate_as_torch, assert_rel_close
+from helpers import assert_as_accurate_as_torch, assert_rel_close, torch_opts
 
 MODES = ("bilinear", "bicubic")
-OPTIONS = [dict(mode=m, antialias=aa, align_corners=ac) for m in MODES for aa in (False, True) for ac in (False, True)]
-OPTION_IDS = [f"{o['mode']}-aa{int(o['antialias'])}-ac{int(o['align_corners'])}" for o in OPTIONS]
+OPTIONS = [dict(interpolation=m, antialias=aa, align_corners=ac) for m in MODES for aa in (False, True)
+           for ac in (False, True)]
+OPTION_IDS = [f"{o['interpolation']}-aa{int(o['antialias'])}-ac{int(o['align_corners'])}" for o in OPTIONS]
 CPU_BACKENDS = ["reference", "cpu"]
 
 
 # ----------------------------------------------------------------------------- oracle
 
-def interpolate_grid(pos64, h, w, *, mode, antialias, align_corners):
+def interpolate_grid(pos64, h, w, *, interpolation, antialias, align_corners):
     """(h*w, D) float64: F.interpolate of the (Gh, Gw, D) grid, flattened row-major.
 
     PyTorch 2.13's CPU antialias kernel returns every output row equal to the first when the
@@ -30,10 +31,11 @@ def interpolate_grid(pos64, h, w, *, mode, antialias, align_corners):
     """
     grid = pos64.permute(2, 0, 1)[None]
     if antialias and w == 1 and h > 1:
-        out = F.interpolate(grid.transpose(2, 3), size=(w, h), mode=mode, antialias=True,
+        out = F.interpolate(grid.transpose(2, 3), size=(w, h), mode=interpolation, antialias=True,
                             align_corners=align_corners).transpose(2, 3)
     else:
-        out = F.interpolate(grid, size=(h, w), mode=mode, antialias=antialias, align_corners=align_corners)
+        out = F.interpolate(grid, size=(h, w), mode=interpolation, antialias=antialias,
+                            align_corners=align_corners)
     return out[0].permute(1, 2, 0).reshape(h * w, -1)
 
 
@@ -103,7 +105,7 @@ def test_cpu_nan_reaches_only_the_outputs_whose_taps_read_it(opts):
         assert (block == block[..., :1]).all()
         reach = []
         for size, out_size, cell in ((base_h, h, r), (base_w, w, c)):
-            index, weight, count = reference.axis_taps(size, out_size, dtype=torch.float64, **opts)
+            index, weight, count = reference.axis_taps(size, out_size, dtype=torch.float64, **torch_opts(opts))
             used = torch.arange(index.shape[1]) < count[:, None]
             reach.append((((index == cell) & used).any(1), ((index == cell) & (weight != 0)).any(1)))
         may, must = (reach[0][k][:, None] & reach[1][k][None, :] for k in (0, 1))
@@ -117,14 +119,14 @@ def test_axis_weights_are_interpolate_of_identity(opts):
     for _ in range(6):
         n_in, n_out = (int(torch.randint(1, 20, ())) for _ in range(2))
         eye = torch.eye(n_in, dtype=torch.float64).reshape(n_in, 1, 1, n_in)
-        expected = F.interpolate(eye, size=(1, n_out), **opts)[:, 0, 0, :].T
-        matrix = reference.resize_matrix(n_in, n_out, dtype=torch.float64, **opts)
+        expected = F.interpolate(eye, size=(1, n_out), **torch_opts(opts))[:, 0, 0, :].T
+        matrix = reference.resize_matrix(n_in, n_out, dtype=torch.float64, **torch_opts(opts))
         torch.testing.assert_close(matrix, expected, rtol=0, atol=1e-12, msg=f"{n_in} -> {n_out}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_reference_dtypes_compute_in_float32(dtype):
-    opts = dict(mode="bicubic", antialias=True, align_corners=False)
+    opts = dict(interpolation="bicubic", antialias=True, align_corners=False)
     pos = torch.randn(7, 5, 12).to(dtype)
     grids = random_grids(4, 12, 12)
     out = ak.interp_pos_embed(pos, torch.tensor(grids, dtype=torch.int32), **opts)
@@ -140,7 +142,7 @@ def test_reference_dtypes_compute_in_float32(dtype):
 @pytest.mark.parametrize("num_prefix_tokens", [0, 1, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_add_matches_oracle(num_prefix_tokens, dtype, backend):
-    opts = dict(mode="bilinear", antialias=True, align_corners=False)
+    opts = dict(interpolation="bilinear", antialias=True, align_corners=False)
     grids = random_grids(5, 9, 9)
     grids += grids[1:3]  # repeated grids: computed once, added to each of their sequences
     tokens, grid_sizes, cu = packed_batch(grids, num_prefix_tokens, 10, dtype, "cpu")
@@ -160,7 +162,8 @@ def test_mixed_dtypes_follow_tokens():
     pos = torch.randn(4, 4, 8)  # float32 parameter, bfloat16 activations
     out = ak.add_interp_pos_embed(tokens, pos, grid_sizes, cu, num_prefix_tokens=1)
     assert out.dtype == torch.bfloat16
-    assert_rel_close(out, oracle_add(tokens, pos, grids, 1, mode="bicubic", antialias=True, align_corners=False))
+    assert_rel_close(out, oracle_add(tokens, pos, grids, 1, interpolation="bicubic", antialias=True,
+                                     align_corners=False))
 
 
 def test_empty_batch_and_empty_channels():
@@ -198,11 +201,12 @@ def test_gradients_match_autograd_of_interpolate(opts, backend):
 def test_gradcheck_float64(backend):
     grid_sizes = torch.tensor([[3, 2], [1, 4], [5, 1]], dtype=torch.int32)
     pos = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
-    torch.autograd.gradcheck(lambda p: ak.interp_pos_embed(p, grid_sizes, mode="bicubic", backend=backend), (pos,))
+    torch.autograd.gradcheck(lambda p: ak.interp_pos_embed(p, grid_sizes, interpolation="bicubic", backend=backend),
+                             (pos,))
     cu = ak.cu_seqlens_from_lengths([7, 5, 6])
     tokens = torch.randn(18, 3, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradcheck(
-        lambda t, p: ak.add_interp_pos_embed(t, p, grid_sizes, cu, num_prefix_tokens=1, mode="bilinear",
+        lambda t, p: ak.add_interp_pos_embed(t, p, grid_sizes, cu, num_prefix_tokens=1, interpolation="bilinear",
                                              antialias=False, backend=backend), (tokens, pos))
 
 
@@ -233,13 +237,13 @@ def test_flop_formula_counts_taps():
     plus at most the two zero-weight ends."""
     grids = [(3, 7), (8, 2), (1, 1)]
     for mode, taps in (("bilinear", 2), ("bicubic", 4)):
-        flops = ak.flops.interp_pos_embed_flops(grids, (4, 5), 6, mode=mode, antialias=False)
+        flops = ak.flops.interp_pos_embed_flops(grids, (4, 5), 6, interpolation=mode, antialias=False)
         assert flops == 2 * 6 * sum(taps * h * taps * w for h, w in grids)
     for mode in MODES:
         for n_in, n_out in ((13, 4), (5, 11), (16, 3), (1, 4)):
-            opts = dict(mode=mode, antialias=True, align_corners=False)
+            opts = dict(interpolation=mode, antialias=True, align_corners=False)
             eye = torch.eye(n_in, dtype=torch.float64).reshape(n_in, 1, 1, n_in)
-            nonzero = int((F.interpolate(eye, size=(1, n_out), **opts) != 0).sum())
+            nonzero = int((F.interpolate(eye, size=(1, n_out), **torch_opts(opts)) != 0).sum())
             taps = ak.flops.interp_pos_embed_flops([(1, n_out)], (1, n_in), 1, **opts) // 2
             assert nonzero <= taps <= nonzero + 2 * n_out
 
@@ -285,12 +289,12 @@ def test_compiles_fullgraph():
 # ----------------------------------------------------------------------------- module
 
 def test_module_adds_its_grid():
-    embed = ak.nn.InterpPosEmbed(6, 8, mode="bilinear", antialias=False, num_prefix_tokens=2)
+    embed = ak.nn.InterpPosEmbed(6, 8, interpolation="bilinear", antialias=False, num_prefix_tokens=2)
     assert embed.pos_embed.shape == (6, 6, 8) and "base_grid=(6, 6)" in repr(embed)
     grids = [(3, 9), (6, 6)]
     tokens, grid_sizes, cu = packed_batch(grids, 2, 8, torch.float32, "cpu")
     out = embed(tokens, grid_sizes, cu)
-    opts = dict(mode="bilinear", antialias=False, align_corners=False)
+    opts = dict(interpolation="bilinear", antialias=False, align_corners=False)
     assert_rel_close(out, oracle_add(tokens, embed.pos_embed.detach(), grids, 2, **opts))
     out.sum().backward()
     assert embed.pos_embed.grad is not None and embed.pos_embed.grad.abs().sum() > 0
@@ -368,4 +372,5 @@ def test_validation_off_skips_value_checks():
             ak.add_interp_pos_embed(tokens[:, :5], pos, grids, torch.tensor([0, 6], dtype=torch.int32))
     finally:
         ak.set_validation(None)
-    assert_rel_close(out, oracle_add(tokens, pos, [(2, 3)], 0, mode="bicubic", antialias=True, align_corners=False))
+    assert_rel_close(out, oracle_add(tokens, pos, [(2, 3)], 0, interpolation="bicubic", antialias=True,
+                                     align_corners=False))

@@ -9,7 +9,7 @@ import adaptkern as ak
 from adaptkern import _backend
 from adaptkern.ops import interp_pos_embed as interp_ops
 
-from helpers import assert_rel_close, compile_launches
+from helpers import assert_rel_close, compile_launches, torch_opts
 from test_interp_pos_embed import OPTION_IDS, OPTIONS, interpolate_grid, oracle, oracle_add, packed_batch, random_grids
 from test_pack import record_launch_devices
 
@@ -54,7 +54,7 @@ def test_triton_finds_the_sequence_of_every_unit_past_one_search_block(device):
     forward's; prefix units and patch tiles both land in the right rows."""
     count = _backend.kernels("interp_pos_embed").SEARCH_BLOCK.value + 9
     grids = random_grids(count, 2, 2)
-    opts = dict(mode="bilinear", antialias=False, align_corners=False)
+    opts = dict(interpolation="bilinear", antialias=False, align_corners=False)
     tokens, grid_sizes, cu = packed_batch(grids, 1, 4, torch.float32, device)
     pos = torch.randn(2, 3, 4, device=device)
     out = ak.add_interp_pos_embed(tokens, pos, grid_sizes, cu, num_prefix_tokens=1, backend="triton",
@@ -64,9 +64,9 @@ def test_triton_finds_the_sequence_of_every_unit_past_one_search_block(device):
 
 @pytest.mark.interpret
 @pytest.mark.parametrize("base, opts", [
-    ((1, 1), dict(mode="bicubic", antialias=True, align_corners=False)),
-    ((1, 5), dict(mode="bilinear", antialias=False, align_corners=True)),
-    ((6, 1), dict(mode="bicubic", antialias=False, align_corners=False)),
+    ((1, 1), dict(interpolation="bicubic", antialias=True, align_corners=False)),
+    ((1, 5), dict(interpolation="bilinear", antialias=False, align_corners=True)),
+    ((6, 1), dict(interpolation="bicubic", antialias=False, align_corners=False)),
 ], ids=["1x1", "1x5", "6x1"])
 def test_triton_degenerate_base_grids(base, opts, device):
     _check_add("triton", opts, [(1, 1), (3, 1), (1, 4), (2, 3)], 1, 8, torch.float32, device, base=base)
@@ -109,21 +109,21 @@ def _check_interp(opts, grids, base, dim, dtype, device):
 @pytest.mark.interpret
 def test_triton_tiles_and_channel_blocks(device):
     """A grid spanning two row and two column tiles (4 x 16), two channel blocks (D=80 > 64)."""
-    _check_interp(dict(mode="bicubic", antialias=True, align_corners=False), [(5, 17), (6, 1)], (4, 3), 80,
+    _check_interp(dict(interpolation="bicubic", antialias=True, align_corners=False), [(5, 17), (6, 1)], (4, 3), 80,
                   torch.float32, device)
 
 
 @pytest.mark.interpret
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_triton_half_dtypes(dtype, device):
-    _check_interp(dict(mode="bicubic", antialias=False, align_corners=False), [(3, 5), (2, 3), (1, 4)], (4, 3), 24,
-                  dtype, device)
+    _check_interp(dict(interpolation="bicubic", antialias=False, align_corners=False), [(3, 5), (2, 3), (1, 4)],
+                  (4, 3), 24, dtype, device)
 
 
 @pytest.mark.interpret
 def test_triton_mixed_dtypes_and_prefix_blocks(device):
     """bfloat16 tokens with a float32 grid, and more prefix tokens than one copy block."""
-    opts = dict(mode="bilinear", antialias=False, align_corners=True)
+    opts = dict(interpolation="bilinear", antialias=False, align_corners=True)
     grids = [(2, 3), (3, 2)]
     tokens, grid_sizes, cu = packed_batch(grids, 70, 16, torch.bfloat16, device)
     pos = torch.randn(5, 4, 16, device=device)
@@ -138,13 +138,14 @@ def test_triton_mixed_dtypes_and_prefix_blocks(device):
 def test_triton_backward_split_reduction_is_deterministic(device):
     """Partial sums over sequence splits, reduced in a fixed order: bitwise repeatable."""
     kernels = _backend.kernels("interp_pos_embed")
-    opts = dict(mode="bicubic", antialias=False, align_corners=False)
+    opts = dict(interpolation="bicubic", antialias=False, align_corners=False)
     grids = random_grids(4, 5, 5)
     grad, grid_sizes, cu = packed_batch(grids, 1, 24, torch.float32, device)
-    expected = ak.reference.interp_pos_embed.interp_pos_embed_backward(grad.double(), grids, cu, 1, 4, 4, **opts)
-    first = kernels.interp_backward(grad, grid_sizes, cu, 4, 4, num_prefix_tokens=1, num_splits=3, **opts)
+    expected = ak.reference.interp_pos_embed.interp_pos_embed_backward(grad.double(), grids, cu, 1, 4, 4,
+                                                                       **torch_opts(opts))
+    first = kernels.interp_backward(grad, grid_sizes, cu, 4, 4, num_prefix_tokens=1, num_splits=3, **torch_opts(opts))
     assert_rel_close(first, expected, torch.float32)
-    again = kernels.interp_backward(grad, grid_sizes, cu, 4, 4, num_prefix_tokens=1, num_splits=3, **opts)
+    again = kernels.interp_backward(grad, grid_sizes, cu, 4, 4, num_prefix_tokens=1, num_splits=3, **torch_opts(opts))
     assert torch.equal(first, again)
 
 

@@ -104,7 +104,8 @@ def test_reference_confines_a_nan_cell_as_f_interpolate_does(mode, antialias, al
         weighs = (_oracle_blocks(onehot, [(h, w)], **opts) != 0)[:, 0]
         excused = (_reads(base_h, h, row, **opts)[:, None] & _reads(base_w, w, col, **opts)[None, :]).flatten()
         want = _oracle_blocks(pos, [(h, w)], **opts)
-        got = ak.interp_pos_embed(pos, torch.tensor([[h, w]], dtype=torch.int32), backend="reference", **opts)
+        got = ak.interp_pos_embed(pos, torch.tensor([[h, w]], dtype=torch.int32), backend="reference",
+                                  interpolation=mode, antialias=antialias, align_corners=align_corners)
         case = (base_h, base_w, h, w, row, col)
         assert torch.equal(got[:, 1].isnan() & weighs, weighs), case  # (downsampling may skip the cell)
         assert not (got[:, 1].isnan() & ~want[:, 1].isnan() & ~(excused & ~weighs)).any(), case

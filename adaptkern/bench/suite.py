@@ -201,7 +201,7 @@ def interp_case(spec, device, seed=0) -> Case:
             False)
     impls = [Impl(n, (lambda fn: lambda mode: closures(fn, [tokens, pos], dout, mode, ("dtokens", "dpos")))(fn), ours)
              for n, (fn, ours) in named.items()]
-    forward = interp_pos_embed_flops(batch["grids"], base_grid, dim, **ip.OPTIONS)
+    forward = interp_pos_embed_flops(batch["grids"], base_grid, dim, **ip.OP_OPTIONS)
     fwd_bytes = ip.fused_bytes(batch)
     extra = tokens.numel() * tokens.element_size() + pos.numel() * pos.element_size()  # dout read, dpos written
     return Case("interp_pos_embed", name, _name(dtype), impls, reference, {"fwd": forward, "fwd_bwd": 2 * forward},

@@ -14,10 +14,12 @@ is elementwise and not counted, as FlopCounterMode counts no ``aten.add``.
 """
 
 from functools import lru_cache
+from typing import Optional
 
 import torch
 
 from .._checks import check_int
+from ..ops.pos_embed_layout import resolve_interpolation
 from ..reference.interp_pos_embed import MODES, axis_taps
 
 _OP = "adaptkern.flops.interp_pos_embed_flops"
@@ -39,17 +41,19 @@ def _grid_list(grid_sizes):
     return [tuple(g) for g in grid_sizes]
 
 
-def interp_pos_embed_flops(grid_sizes, base_grid, dim: int, *, mode: str = "bicubic", antialias: bool = True,
-                           align_corners: bool = False) -> int:
+def interp_pos_embed_flops(grid_sizes, base_grid, dim: int, *, interpolation: str = "bicubic",
+                           antialias: bool = True, align_corners: bool = False, mode: Optional[str] = None) -> int:
     """Forward FLOPs of ``interp_pos_embed`` / ``add_interp_pos_embed`` (see the module doc).
 
     Args:
         grid_sizes: the (h_i, w_i) of every sequence: an (S, 2) integer tensor or a list of pairs.
         base_grid: (Gh, Gw), the stored grid (``pos_embed.shape[:2]``).
-        dim: D, channels. mode, antialias, align_corners: as the op's.
+        dim: D, channels. interpolation, antialias, align_corners: as the op's (``mode=``: the
+            deprecated alias of interpolation).
     """
+    mode = resolve_interpolation(_OP, interpolation, mode)
     if mode not in MODES:
-        raise ValueError(f"{_OP}: mode must be one of {MODES}, got {mode!r}")
+        raise ValueError(f"{_OP}: interpolation must be one of {MODES}, got {mode!r}")
     if len(base_grid) != 2:
         raise ValueError(f"{_OP}: base_grid must be a pair (Gh, Gw), got {tuple(base_grid)!r}")
     base_h = check_int(_OP, "base_grid[0]", base_grid[0])

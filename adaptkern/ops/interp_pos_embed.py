@@ -156,7 +156,7 @@ add_interp_pos_embed_op.register_autograd(_add_backward, setup_context=_add_setu
 
 
 def _op_flops(grid_sizes, base_grid, dim, mode, antialias, align_corners):
-    return interp_pos_embed_flops(grid_sizes, base_grid, dim, mode=mode, antialias=antialias,
+    return interp_pos_embed_flops(grid_sizes, base_grid, dim, interpolation=mode, antialias=antialias,
                                   align_corners=align_corners)
 
 
