@@ -120,6 +120,10 @@ def test_interpolation_keyword_and_deprecated_mode_alias():
             ak.interp_pos_embed(pos, grids, interpolation="bilinear", mode="bicubic")
     module = ak.nn.InterpPosEmbed((5, 4), 3, interpolation="bilinear")
     assert module.interpolation == "bilinear" and "interpolation='bilinear'" in repr(module)
+    count = ak.flops.interp_pos_embed_flops([(3, 7)], (5, 4), 3, interpolation="bilinear", antialias=False)
+    with pytest.warns(DeprecationWarning, match="interp_pos_embed_flops: mode= is deprecated"):
+        assert ak.flops.interp_pos_embed_flops([(3, 7)], (5, 4), 3, mode="bilinear", antialias=False) == count
+    assert count != ak.flops.interp_pos_embed_flops([(3, 7)], (5, 4), 3, antialias=False)  # bicubic: more taps
 
 
 def test_one_row_module_grid_is_never_read_as_timm_layout():
