@@ -69,9 +69,7 @@ class SyntheticCopyText(_ByteStream):
     to ``letters_per_doc``: quick to learn, and a 16-byte context has seen only some of
     them), and the phrases themselves (the first letter of a phrase is unpredictable, the
     rest can be copied from an earlier occurrence, if it is inside the context: a ~20-byte
-    phrase repeated among 12 rarely recurs within 16 or 64 bytes, usually within 256; among
-    48, as in ``adaptkern demo --model lm``, usually only within ~1000, so a short context
-    learns the words cheaply and only a long one learns to copy).
+    phrase repeated among 12 rarely recurs within 16 or 64 bytes, usually within 256).
     """
 
     def __init__(self, *, seed: int = 0, train_bytes: int = 1 << 21, eval_bytes: int = 1 << 15,
