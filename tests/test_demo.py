@@ -178,3 +178,27 @@ def test_tuning_grid_extends_past_an_edge_best(optimum, extend, expected):
     assert best == min(expected, key=loss)
     with pytest.raises(ValueError, match="grid"):
         tune_grid([0, 4], loss)
+
+
+def test_lm_demo_tunes_a_context_longer_than_the_grid_start(tmp_path):
+    """--shapes ctx64 ctx1024 with the --fast grid [512, 1024] tokens per step: ctx1024 is
+    tuned from 1024 (a window needs its context), and the shorter context's runs, which
+    evaluate at ctx1024, are not refused for it (they used to fail at their first eval)."""
+    from adaptkern.train.demo import run_demo
+
+    summary = run_demo("lm", fast=True, shapes=["ctx64", "ctx1024"], out=str(tmp_path), seed=DEMO_SEED,
+                       progress=False, log=lambda *a, **k: None)
+    tried = {s: [t["tokens_per_step"] for t in b["tried"]] for s, b in summary["baselines"].items()}
+    assert tried == {"ctx64": [512, 1024], "ctx1024": [1024]}
+
+
+def test_lm_task_refuses_training_windows_longer_than_a_step():
+    from adaptkern.train import LMTask, SyntheticCopyText
+
+    task = LMTask(SyntheticCopyText(seed=0, train_bytes=5000, eval_bytes=3000), tokens_per_batch={"ctx64": 512},
+                  eval_tokens=2048)
+    assert task.shape("ctx1024").context == 1024  # parsing (and evaluating) at a long context is fine
+    assert task.tokens_for("ctx64") == 512
+    task = LMTask(SyntheticCopyText(seed=0, train_bytes=5000, eval_bytes=3000), tokens_per_batch=512)
+    with pytest.raises(ValueError, match="context 1024 exceeds tokens_per_batch=512"):
+        task.tokens_for("ctx1024")

@@ -220,8 +220,9 @@ def run_demo(model: str = "vit", *, images=None, text=None, shapes=None, budget=
         if fixed:
             tune_grid([fixed], tune_run)
         else:
-            tune_grid(sorted({_grid_setting(base, shape, g) for g in settings["grid"]}), tune_run,
-                      extend=settings.get("grid_extend", 0))
+            smallest = 1 if model == "vit" else base.shape(shape).context  # a window needs its context
+            tune_grid(sorted({max(smallest, _grid_setting(base, shape, g)) for g in settings["grid"]}), tune_run,
+                      extend=settings.get("grid_extend", 0), smallest=smallest)
         tuned[shape] = min(tried[shape], key=lambda t: final_loss(t["record"]["evals"]))
     batch_key = "batch_size" if model == "vit" else "tokens_per_step"
     per_shape = {s: tuned[s]["setting"] for s in names}

@@ -188,15 +188,16 @@ class LMTask:
         match = re.fullmatch(r"(?:ctx)?(\d+)", str(spec).strip())
         if not match or int(match.group(1)) < 1:
             raise ValueError(f"shape {spec!r}: expected a context length like 'ctx128'")
-        context = int(match.group(1))
-        limit = min(self.tokens_per_batch.values()) if isinstance(self.tokens_per_batch, dict) else self.tokens_per_batch
-        if context > limit:
-            raise ValueError(f"shape {spec!r}: context {context} exceeds tokens_per_batch={limit}")
-        return ContextShape(context)
+        return ContextShape(int(match.group(1)))
 
     def tokens_for(self, shape) -> int:
-        """Global predicted tokens per step at ``shape``."""
-        return _per_shape(self.tokens_per_batch, self.short_name(shape), "tokens_per_batch")
+        """Global predicted tokens per step at ``shape`` (at least one window of its context;
+        evaluating at a longer context than any training step holds is fine)."""
+        tokens = _per_shape(self.tokens_per_batch, self.short_name(shape), "tokens_per_batch")
+        if tokens < self.shape(shape).context:
+            raise ValueError(f"shape {self.short_name(shape)!r}: context {self.shape(shape).context} exceeds "
+                             f"tokens_per_batch={tokens}")
+        return tokens
 
     def short_name(self, shape) -> str:
         return self.shape(shape).name
