@@ -15,7 +15,7 @@ import adaptkern as ak
 from adaptkern import _backend, _checks
 from adaptkern.flops.varlen_attention import allowed_pairs, attention_backward_flops, attention_flops
 
-from helpers import assert_rel_close
+from helpers import REL_TOL, assert_rel_close
 
 # (causal, window_size) combinations every accuracy test walks through.
 MASKS = [(False, (-1, -1)), (True, (-1, -1)), (False, (3, 2)), (True, (4, -1)), (False, (-1, 0)), (False, (0, 5))]
@@ -126,7 +126,10 @@ def test_reference_low_precision_returns_input_dtype(dtype):
     assert out.dtype == dtype and lse.dtype == torch.float32
     assert_rel_close(out, exact, dtype, name="out")
     finite = torch.isfinite(exact_lse)
-    assert_rel_close(lse[finite], exact_lse[finite], torch.float32, name="lse")
+    # float32 lse; from 16-bit inputs PyTorch's CPU flash kernel (the default cpu backend)
+    # computes it to about 2e-5 (max over 300 draws; float32 inputs: 1e-7), at float32's bound
+    tol = REL_TOL[torch.float32] if dtype == torch.float32 else 1e-4
+    assert_rel_close(lse[finite], exact_lse[finite], tol=tol, name="lse")
 
 
 def test_rows_without_keys_give_zero_out_minus_inf_lse_zero_grads():
