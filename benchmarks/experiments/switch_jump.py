@@ -19,7 +19,9 @@ at other patch sizes).
 mag64 (mag on 64 px, scales 32-4): p16 1.236, p8 1.823 at 3e11; jump +0.60 at 3e11. navit (mag64
 with half of every batch at 32 px, packed NaViT-style, the held-out set likewise): p16 1.153,
 p8 1.393 at 3e11; jump +0.11 at 5.3e10, +0.35 at 3e11, the smallest seen, but p8 never
-overtakes p16 within 3e11 FLOPs, so no switch can pay inside this budget.
+overtakes p16 within 3e11 FLOPs, so no switch can pay inside this budget. At 1e12 (`navit
+1e12`): p16 0.955, p8 1.098, the gap narrowing (0.24 at 3e11, 0.14 at 1e12) but no crossing
+yet; jump at 1e12 +0.38.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/experiments/switch_jump.py mag 6e11
 """
