@@ -15,7 +15,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from .. import _backend, _ext
-from .._checks import DTypeError, check_cu_seqlens, check_int, check_tensor, value_checks_enabled
+from .._checks import DTypeError, check_bool, check_cu_seqlens, check_int, check_tensor, value_checks_enabled
 from ..cpu import interp_pos_embed as cpu
 from ..flops.interp_pos_embed import interp_pos_embed_flops
 from ..reference import interp_pos_embed as reference
@@ -182,9 +182,8 @@ def _(grad, grid_sizes, cu_seqlens, num_prefix_tokens, base_h, base_w, mode, ant
 def _check_options(op, mode, antialias, align_corners):
     if mode not in reference.MODES:
         raise ValueError(f"{op}: interpolation must be one of {reference.MODES}, got {mode!r}")
-    for name, value in (("antialias", antialias), ("align_corners", align_corners)):
-        if not isinstance(value, bool):
-            raise TypeError(f"{op}: {name} must be a bool, got {type(value).__name__}")
+    check_bool(op, "antialias", antialias)
+    check_bool(op, "align_corners", align_corners)
 
 
 def _check_grid_inputs(op, pos_embed, grid_sizes):

@@ -15,7 +15,7 @@ import contextlib
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from .._checks import check_int, check_tensor
+from .._checks import check_bool, check_int, check_tensor
 from ..flops.patch_embed import resize_flops
 from ..reference import patch_embed as reference
 
@@ -36,8 +36,7 @@ def check_interpolation(op, interpolation, antialias):
     """The resize options every PI-resize entry point accepts."""
     if interpolation not in reference.INTERPOLATIONS:
         raise ValueError(f"{op}: interpolation must be one of {reference.INTERPOLATIONS}, got {interpolation!r}")
-    if not isinstance(antialias, bool):
-        raise TypeError(f"{op}: antialias must be a bool, got {type(antialias).__name__}")
+    check_bool(op, "antialias", antialias)
 
 
 # (old, new, interpolation, antialias, device, dtype) -> matrix; the float64 CPU entry of each
