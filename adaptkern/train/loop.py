@@ -45,7 +45,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .._checks import validation
+from .._checks import check_int, validation
 from ..flops import FlopLedger
 from . import checkpoint, distributed
 from .evaluate import evaluate
@@ -103,13 +103,12 @@ class RunConfig:
     _CONTROL = ("max_steps", "checkpoint_every", "log_every", "progress", "progress_desc", "measure_every_step")
 
     def __post_init__(self):
-        def number(name, value, *, low=None, high=None, low_open=False, integer=False, optional=False):
+        def number(name, value, *, low=None, high=None, low_open=False, optional=False):
+            """A finite real in the given range (integer fields go through check_int)."""
             if value is None and optional:
                 return
-            kind = numbers.Integral if integer else numbers.Real
-            if isinstance(value, bool) or not isinstance(value, kind):
-                raise TypeError(f"RunConfig: {name} must be {'an int' if integer else 'a number'}, "
-                                f"got {type(value).__name__} {value!r}")
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"RunConfig: {name} must be a number, got {type(value).__name__} {value!r}")
             if not math.isfinite(value):
                 raise ValueError(f"RunConfig: {name} must be finite, got {value}")
             if low is not None and (value <= low if low_open else value < low):
@@ -117,25 +116,22 @@ class RunConfig:
             if high is not None and value > high:
                 raise ValueError(f"RunConfig: {name} must be <= {high}, got {value}")
 
-        number("budget", self.budget, low=1, integer=True)
-        number("seed", self.seed, low=0, integer=True)
+        for name, minimum in (("budget", 1), ("seed", 0), ("warmup_steps", 0), ("n_evals", 0),
+                              ("smooth_steps", 1), ("checkpoint_every", 1), ("log_every", 1)):
+            check_int("RunConfig", name, getattr(self, name), minimum=minimum)
+        if self.max_steps is not None:
+            check_int("RunConfig", "max_steps", self.max_steps, minimum=0)
         for shape, lr in (self.lr.items() if isinstance(self.lr, dict) else [(None, self.lr)]):
             number("lr" if shape is None else f"lr[{shape!r}]", lr, low=0, low_open=True)
-        number("warmup_steps", self.warmup_steps, low=0, integer=True)
         number("weight_decay", self.weight_decay, low=0)
         number("grad_clip", self.grad_clip, low=0, optional=True)
-        number("n_evals", self.n_evals, low=0, integer=True)
         number("first_eval_fraction", self.first_eval_fraction, low=0, high=1, low_open=True)
         for point in self.eval_points or ():
             number("eval_points", point, low=0)
         number("dense_below", self.dense_below, optional=True)
         number("dense_ratio", self.dense_ratio, low=1, low_open=True)
         number("cross_eval_after", self.cross_eval_after, low=0, high=1)
-        number("smooth_steps", self.smooth_steps, low=1, integer=True)
         number("stop_at_loss", self.stop_at_loss, optional=True)
-        number("max_steps", self.max_steps, low=0, integer=True, optional=True)
-        number("checkpoint_every", self.checkpoint_every, low=1, integer=True)
-        number("log_every", self.log_every, low=1, integer=True)
 
     def points(self) -> list:
         if self.eval_points is not None:
