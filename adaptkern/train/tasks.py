@@ -193,10 +193,10 @@ class LMTask:
     def tokens_for(self, shape) -> int:
         """Global predicted tokens per step at ``shape`` (at least one window of its context;
         evaluating at a longer context than any training step holds is fine)."""
-        tokens = _per_shape(self.tokens_per_batch, self.short_name(shape), "tokens_per_batch")
-        if tokens < self.shape(shape).context:
-            raise ValueError(f"shape {self.short_name(shape)!r}: context {self.shape(shape).context} exceeds "
-                             f"tokens_per_batch={tokens}")
+        shape = self.shape(shape)
+        tokens = _per_shape(self.tokens_per_batch, shape.name, "tokens_per_batch")
+        if tokens < shape.context:
+            raise ValueError(f"shape {shape.name!r}: context {shape.context} exceeds tokens_per_batch={tokens}")
         return tokens
 
     def short_name(self, shape) -> str:
