@@ -45,6 +45,14 @@ def buckets(cu_seqlens_q, cu_seqlens_k):
     return groups
 
 
+def _split(x, dim, count, length):
+    """``x.unflatten(dim, (count, length))`` as a plain view (Tensor.unflatten's Python
+    wrapper costs more than the view itself)."""
+    shape = list(x.shape)
+    shape[dim:dim + 1] = count, length
+    return x.view(shape)
+
+
 class _Rows:
     """The packed rows of one bucket's n sequences of one length: gather them as (n, L, ...)
     (a view when they are consecutive) and scatter (n, L, ...) results back."""
@@ -60,7 +68,7 @@ class _Rows:
             rows = x.narrow(dim, self.first, self.n * self.length)
         else:
             rows = x.index_select(dim, self.index)
-        return rows.unflatten(dim, (self.n, self.length))
+        return _split(rows, dim, self.n, self.length)
 
     def scatter(self, dest, values, dim=0):
         values = values.flatten(dim, dim + 1)
@@ -159,8 +167,8 @@ def varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale,
     uniform = uniform_lengths(cu_seqlens_q, cu_seqlens_k, total_q, k.shape[0])
     if uniform is not None:
         count, len_q, len_k = uniform
-        o, l = _bucket_forward(q.unflatten(0, (count, len_q)), k.unflatten(0, (count, len_k)),
-                               v.unflatten(0, (count, len_k)), group, left, right, softmax_scale, lse_dtype)
+        o, l = _bucket_forward(_split(q, 0, count, len_q), _split(k, 0, count, len_k),
+                               _split(v, 0, count, len_k), group, left, right, softmax_scale, lse_dtype)
         return o.reshape(q.shape), _packed_lse(l)
     groups = buckets(cu_seqlens_q, cu_seqlens_k)
     covered, _, whole = _layout(groups, total_q, k.shape[0])
@@ -205,7 +213,9 @@ def _bucket_backward(dos, qs, ks, vs, os_, ls, dls, num_kv_heads, left, right, s
         qs, ks, vs, os_, dos = _with_lse_gradient(qs, ks, vs, os_, dos, dls)
     gq, gk, gv = _flash_backward(dos, qs, ks, vs, os_, ls.contiguous(), 0.0, is_causal, attn_mask=mask,
                                  scale=softmax_scale)
-    gq, gk, gv = (g[..., :head_dim].transpose(1, 2) for g in (gq, gk, gv))  # (n, L, H, D)
+    if dls is not None:  # drop the extra column
+        gq, gk, gv = (g[..., :head_dim] for g in (gq, gk, gv))
+    gq, gk, gv = gq.transpose(1, 2), gk.transpose(1, 2), gv.transpose(1, 2)  # (n, L, H, D)
     if gk.shape[2] != num_kv_heads:
         gk, gv = (g.unflatten(2, (num_kv_heads, group)).sum(3) for g in (gk, gv))
     return gq, gk, gv
@@ -226,11 +236,10 @@ def varlen_attention_backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_se
     uniform = uniform_lengths(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0])
     if uniform is not None:
         count, len_q, len_k = uniform
-        rows_q = [x.unflatten(0, (count, len_q)) for x in (dout, q)]
-        rows_k = [x.unflatten(0, (count, len_k)) for x in (k, v)]
-        gq, gk, gv = _bucket_backward(*rows_q, *rows_k, out.unflatten(0, (count, len_q)),
-                                      lse.unflatten(1, (count, len_q)),
-                                      None if dlse is None else dlse.unflatten(1, (count, len_q)), num_kv_heads,
+        rows_q = [_split(x, 0, count, len_q) for x in (dout, q)]
+        rows_k = [_split(x, 0, count, len_k) for x in (k, v)]
+        gq, gk, gv = _bucket_backward(*rows_q, *rows_k, _split(out, 0, count, len_q), _split(lse, 1, count, len_q),
+                                      None if dlse is None else _split(dlse, 1, count, len_q), num_kv_heads,
                                       left, right, softmax_scale)
         return _packed(gq, q.shape), _packed(gk, k.shape), _packed(gv, v.shape)
     groups = buckets(cu_seqlens_q, cu_seqlens_k)

@@ -19,6 +19,7 @@ from .._checks import DTypeError, check_bool, check_cu_seqlens, check_int, check
 from ..cpu import interp_pos_embed as cpu
 from ..flops.interp_pos_embed import interp_pos_embed_flops
 from ..reference import interp_pos_embed as reference
+from . import _eager
 from .pack import on_device
 from .pos_embed_layout import add_prefix_pos, read_pos_embed, resolve_interpolation
 
@@ -57,7 +58,7 @@ def _run_forward(tokens, pos_embed, grid_sizes, cu_seqlens, total, num_prefix_to
     return out
 
 
-@torch.library.custom_op("adaptkern::interp_pos_embed", mutates_args=())
+@_eager.custom_op("adaptkern::interp_pos_embed")
 def interp_pos_embed_op(pos_embed: torch.Tensor, grid_sizes: torch.Tensor, cu_seqlens: torch.Tensor, total: int,
                         mode: str, antialias: bool, align_corners: bool, backend: str) -> torch.Tensor:
     """pos_embed (Gh, Gw, D) contiguous -> (total, D) in its dtype; sequence i's block starts
@@ -72,7 +73,7 @@ def _(pos_embed, grid_sizes, cu_seqlens, total, mode, antialias, align_corners, 
     return pos_embed.new_empty((total, pos_embed.shape[2]))
 
 
-@torch.library.custom_op("adaptkern::add_interp_pos_embed", mutates_args=())
+@_eager.custom_op("adaptkern::add_interp_pos_embed")
 def add_interp_pos_embed_op(tokens: torch.Tensor, pos_embed: torch.Tensor, grid_sizes: torch.Tensor,
                             cu_seqlens: torch.Tensor, num_prefix_tokens: int, mode: str, antialias: bool,
                             align_corners: bool, backend: str) -> torch.Tensor:
@@ -87,7 +88,7 @@ def _(tokens, pos_embed, grid_sizes, cu_seqlens, num_prefix_tokens, mode, antial
     return torch.empty_like(tokens)
 
 
-@torch.library.custom_op("adaptkern::interp_pos_embed_backward", mutates_args=())
+@_eager.custom_op("adaptkern::interp_pos_embed_backward")
 def interp_pos_embed_backward_op(grad: torch.Tensor, grid_sizes: torch.Tensor, cu_seqlens: torch.Tensor,
                                  num_prefix_tokens: int, base_h: int, base_w: int, mode: str, antialias: bool,
                                  align_corners: bool, backend: str) -> torch.Tensor:

@@ -16,6 +16,7 @@ from .. import _backend, _ext
 from .._checks import (DTypeError, check_bool, check_cu_seqlens, check_int, check_tensor, lengths_from_cu_seqlens,
                        value_checks_enabled)
 from ..reference import pack as reference
+from . import _eager
 
 _OP = "adaptkern.pack"
 
@@ -116,7 +117,7 @@ def _run_unpack(packed, cu_seqlens, padded_len, backend):
     return out
 
 
-@torch.library.custom_op("adaptkern::pack_padded", mutates_args=())
+@_eager.custom_op("adaptkern::pack_padded")
 def pack_padded(padded: torch.Tensor, cu_seqlens: torch.Tensor, total: int, max_seqlen: int, backend: str) -> torch.Tensor:
     """padded (B, L, R) contiguous -> packed (total, R)."""
     with on_device(padded):
@@ -128,7 +129,7 @@ def _(padded, cu_seqlens, total, max_seqlen, backend):
     return padded.new_empty((total, padded.shape[2]))
 
 
-@torch.library.custom_op("adaptkern::unpack_padded", mutates_args=())
+@_eager.custom_op("adaptkern::unpack_padded")
 def unpack_padded(packed: torch.Tensor, cu_seqlens: torch.Tensor, padded_len: int, backend: str) -> torch.Tensor:
     """packed (T, R) contiguous -> padded (B, padded_len, R), zeros past each length."""
     with on_device(packed):

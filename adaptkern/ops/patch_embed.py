@@ -19,6 +19,7 @@ from .._checks import DTypeError, check_tensor
 from ..cpu import patch_embed as cpu
 from ..flops.patch_embed import patch_embed_flops
 from ..reference import patch_embed as reference
+from . import _eager
 from .pack import on_device
 from .pi_resize import _DTYPES, as_pair, check_interpolation, pi_resize
 
@@ -119,7 +120,7 @@ def _run_grad_weight(grad, images, weight, backend):
 
 # ----------------------------------------------------------------------------- custom ops
 
-@torch.library.custom_op("adaptkern::patch_embed", mutates_args=())
+@_eager.custom_op("adaptkern::patch_embed")
 def patch_embed(images: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], backend: str) -> torch.Tensor:
     """images (B, C, H, W), weight (D, C, ph, pw), bias (D,) or None -> tokens (B, N, D)."""
     with on_device(weight):
@@ -136,7 +137,7 @@ def _(images, weight, bias, backend):
     return images.new_empty(_tokens_shape(images, weight))
 
 
-@torch.library.custom_op("adaptkern::patch_embed_grad_input", mutates_args=())
+@_eager.custom_op("adaptkern::patch_embed_grad_input")
 def patch_embed_grad_input(grad: torch.Tensor, images: torch.Tensor, weight: torch.Tensor,
                            backend: str) -> torch.Tensor:
     """grad (B, N, D) -> gradient of images, shaped and dtyped like images."""
@@ -149,7 +150,7 @@ def _(grad, images, weight, backend):
     return torch.empty_like(images)
 
 
-@torch.library.custom_op("adaptkern::patch_embed_grad_weight", mutates_args=())
+@_eager.custom_op("adaptkern::patch_embed_grad_weight")
 def patch_embed_grad_weight(grad: torch.Tensor, images: torch.Tensor, weight: torch.Tensor,
                             backend: str) -> torch.Tensor:
     """grad (B, N, D) -> gradient of the (resized) weight (D, C, ph, pw)."""
@@ -162,7 +163,7 @@ def _(grad, images, weight, backend):
     return weight.new_empty(weight.shape)
 
 
-@torch.library.custom_op("adaptkern::patch_embed_packed", mutates_args=())
+@_eager.custom_op("adaptkern::patch_embed_packed")
 def patch_embed_packed(images: List[torch.Tensor], weight: torch.Tensor, bias: Optional[torch.Tensor],
                        backend: str) -> torch.Tensor:
     """images: list of (C, H_i, W_i) -> packed tokens (sum N_i, D)."""
@@ -175,7 +176,7 @@ def _(images, weight, bias, backend):
     return images[0].new_empty((reference.num_tokens(images, *weight.shape[2:]), weight.shape[0]))
 
 
-@torch.library.custom_op("adaptkern::patch_embed_packed_grad_input", mutates_args=())
+@_eager.custom_op("adaptkern::patch_embed_packed_grad_input")
 def patch_embed_packed_grad_input(grad: torch.Tensor, images: List[torch.Tensor], weight: torch.Tensor,
                                   backend: str) -> List[torch.Tensor]:
     """grad (T, D) -> gradients of the images, each shaped and dtyped like its image."""
@@ -188,7 +189,7 @@ def _(grad, images, weight, backend):
     return [torch.empty_like(image) for image in images]
 
 
-@torch.library.custom_op("adaptkern::patch_embed_packed_grad_weight", mutates_args=())
+@_eager.custom_op("adaptkern::patch_embed_packed_grad_weight")
 def patch_embed_packed_grad_weight(grad: torch.Tensor, images: List[torch.Tensor], weight: torch.Tensor,
                                    backend: str) -> torch.Tensor:
     """grad (T, D) -> gradient of the (resized) weight (D, C, ph, pw)."""

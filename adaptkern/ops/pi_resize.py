@@ -18,6 +18,7 @@ from torch.utils.flop_counter import register_flop_formula
 from .._checks import check_bool, check_int, check_tensor
 from ..flops.patch_embed import resize_flops
 from ..reference import patch_embed as reference
+from . import _eager
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -134,7 +135,7 @@ def _resize(x, old_size, new_size, interpolation, antialias, adjoint):
     return out.reshape(*x.shape[:2], *out_size).to(x.dtype)
 
 
-@torch.library.custom_op("adaptkern::pi_resize_apply", mutates_args=())
+@_eager.custom_op("adaptkern::pi_resize_apply")
 def pi_resize_apply(x: torch.Tensor, old_h: int, old_w: int, new_h: int, new_w: int, interpolation: str,
                     antialias: bool, adjoint: bool) -> torch.Tensor:
     """x (D, C, old_h, old_w) -> PI-resized (D, C, new_h, new_w); with ``adjoint`` the

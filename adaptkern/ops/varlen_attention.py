@@ -20,6 +20,7 @@ from .._checks import DTypeError, check_bool, check_cu_seqlens, check_int, check
 from ..cpu import varlen_attention as cpu
 from ..flops.varlen_attention import allowed_pairs, check_window
 from ..reference import varlen_attention as reference
+from . import _eager
 from .pack import on_device
 
 _OP = "adaptkern.varlen_attention"
@@ -32,7 +33,7 @@ def _lse_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-@torch.library.custom_op("adaptkern::varlen_attn_fwd", mutates_args=())
+@_eager.custom_op("adaptkern::varlen_attn_fwd")
 def varlen_attn_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
     max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float, causal: bool, window_left: int,
@@ -59,7 +60,7 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_s
     return q.new_empty(q.shape), lse
 
 
-@torch.library.custom_op("adaptkern::varlen_attn_bwd", mutates_args=())
+@_eager.custom_op("adaptkern::varlen_attn_bwd")
 def varlen_attn_bwd(
     dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
     dlse: Optional[torch.Tensor], cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, max_seqlen_q: int,
