@@ -5,8 +5,9 @@ median over 15 rounds of 200 calls, the implementations taking turns):
 
 * ``adaptkern (direct)``: ``ak.varlen_attention`` in plain eager mode, which runs the op's
   implementation and autograd directly (adaptkern.ops._eager);
-* ``adaptkern (through the op)``: the same op called as ``torch.ops.adaptkern.varlen_attn_fwd``
-  (torch.library's Python autograd and dispatch layers; no argument checks);
+* ``adaptkern (through the op)``: the same call with every op routed through
+  torch.library's Python autograd and dispatch layers (what it was before
+  adaptkern.ops._eager);
 * ``padded SDPA``: ``F.scaled_dot_product_attention`` with is_causal (all C++).
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eager_overhead.py``
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import adaptkern as ak
+from adaptkern.ops import _eager
 
 
 def _per_call_us(fns, rounds=15, calls=200):
@@ -49,9 +51,12 @@ def main():
         ak.varlen_attention(*leaves, cu, cu, length, length, causal=True, backend="cpu").backward(grad)
 
     def through_op():
-        out, _ = torch.ops.adaptkern.varlen_attn_fwd(*leaves, cu, cu, length, length, dim ** -0.5, True, -1, -1,
-                                                     "cpu")
-        out.backward(grad)
+        route = _eager._route
+        _eager._route = lambda args, differentiable: "op"
+        try:
+            direct()
+        finally:
+            _eager._route = route
 
     def sdpa():
         F.scaled_dot_product_attention(*padded, is_causal=True).backward(grad_padded)
