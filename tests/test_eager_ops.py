@@ -166,3 +166,22 @@ def test_route_conditions():
     torch.func.vmap(lambda t: seen.append(_eager._route((t,), True)) or t)(torch.zeros(2, 3))
     assert seen == ["op"]
     assert _eager._route((torch.empty(2, device="meta"),), True) == "op"
+
+
+def test_direct_route_under_activation_checkpointing():
+    lengths, cu, tensors, grad_out, _ = _attention_case(None)
+
+    def attend(q, k, v):
+        return ak.varlen_attention(q, k, v, cu, cu, max(lengths), max(lengths), causal=True, backend="cpu")
+
+    grads = []
+    for checkpointed in (False, True):
+        leaves = [t.clone().requires_grad_() for t in tensors]
+        if checkpointed:
+            out = torch.utils.checkpoint.checkpoint(attend, *leaves, use_reentrant=False)
+        else:
+            out = attend(*leaves)
+        out.backward(grad_out)
+        grads.append([leaf.grad for leaf in leaves])
+    for plain, recomputed in zip(*grads):
+        assert torch.equal(plain, recomputed)
