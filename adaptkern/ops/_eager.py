@@ -67,11 +67,6 @@ def _route(args, differentiable):
     return "function" if differentiable and not list_requires_grad else "op"
 
 
-def plain_eager(args) -> bool:
-    """Whether calling an implementation directly is the same as calling its op here."""
-    return _route(args, True) != "op"
-
-
 class _Function(torch.autograd.Function):
     """An :class:`Op`'s implementation with its registered autograd; the Op comes last."""
 

@@ -185,8 +185,8 @@ def train_run(task, schedule: ShapeSchedule, config: RunConfig, out_dir, *, devi
     model = task.build_model(config.seed).to(device)
     # foreach: one multi-tensor update instead of a Python loop over the parameters (torch's
     # default off CUDA): the same arithmetic, with less per-parameter overhead on small models.
-    optimizer = torch.optim.AdamW(model.parameters(), lr=_lr_at(config, 10**9, schedule.segments[0][0]), betas=(0.9, 0.98),
-                                  weight_decay=config.weight_decay, foreach=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=_lr_at(config, 10**9, schedule.segments[0][0]),
+                                  betas=(0.9, 0.98), weight_decay=config.weight_decay, foreach=True)
     ledger, flops = FlopLedger(), SignatureFlopCache(device)
     state = {"step": 0, "compute": 0, "next_eval": 0, "evals": [], "stopped": None, "seconds": 0.0,
              "segment": 0, "smooth": [0.0, 0.0], "initial": None, "switches": [], "last_eval": 0,
