@@ -185,3 +185,18 @@ def test_direct_route_under_activation_checkpointing():
         grads.append([leaf.grad for leaf in leaves])
     for plain, recomputed in zip(*grads):
         assert torch.equal(plain, recomputed)
+
+
+def test_ops_returning_lists_go_through_the_op_when_a_graph_is_needed(monkeypatch):
+    # autograd.Function does not track tensors in a returned list: double backward of the
+    # packed patch embedding's grad_input op must go through the op.
+    assert patch_ops.patch_embed_packed_grad_input._list_output
+    assert not patch_ops.patch_embed_packed._list_output and not attention_ops.varlen_attn_fwd._list_output
+    images = [torch.randn(3, 8, 8), torch.randn(3, 4, 8)]
+    weight = torch.randn(5, 3, 4, 4)
+    grad = torch.randn(6, 5, requires_grad=True)
+    with _count_op_calls(monkeypatch, patch_ops.patch_embed_packed_grad_input) as counts:
+        grads = patch_ops.patch_embed_packed_grad_input(grad, images, weight, "cpu")
+    assert counts["adaptkern::patch_embed_packed_grad_input"] == 1
+    sum((g * g).sum() for g in grads).backward()
+    assert grad.grad is not None and grad.grad.abs().sum() > 0

@@ -16,7 +16,6 @@ tracing and fake tensors see the custom op as before. The results are the same e
 way: the same code runs.
 """
 
-import inspect
 import typing
 
 import torch
@@ -105,7 +104,7 @@ class Op:
         self.op = torch.library.custom_op(name, impl, mutates_args=())
         self.impl, self.setup_context, self.backward = impl, None, None
         # A list of tensors returned is not tracked by autograd.Function: the op handles it.
-        self._list_output = typing.get_origin(inspect.signature(impl).return_annotation) in (list, typing.List)
+        self._list_output = typing.get_origin(typing.get_type_hints(impl).get("return")) is list
 
     def register_fake(self, fn):
         return self.op.register_fake(fn)
