@@ -200,3 +200,10 @@ def test_ops_returning_lists_go_through_the_op_when_a_graph_is_needed(monkeypatc
     assert counts["adaptkern::patch_embed_packed_grad_input"] == 1
     sum((g * g).sum() for g in grads).backward()
     assert grad.grad is not None and grad.grad.abs().sum() > 0
+
+
+def test_a_torch_without_the_mode_predicates_always_calls_the_op(monkeypatch):
+    x = torch.randn(3, requires_grad=True)
+    assert _eager._route((x,), True) == "function"
+    monkeypatch.setattr(_eager, "_MODES", None)
+    assert _eager._route((x,), True) == "op" and _eager._route((x.detach(),), True) == "op"

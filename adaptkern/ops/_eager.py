@@ -21,6 +21,11 @@ import typing
 import torch
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+# Whether a dispatch mode, a torch function mode or a functorch transform is active: private
+# torch predicates (torch 2.11 to 2.13 have them); a torch without one always calls the op.
+_MODES = tuple(getattr(torch._C, name, None) for name in (
+    "_len_torch_dispatch_stack", "_is_torch_function_mode_enabled", "_are_functorch_transforms_active"))
+_MODES = _MODES if all(_MODES) else None
 
 
 def _route(args, differentiable):
@@ -29,8 +34,7 @@ def _route(args, differentiable):
     autograd in one autograd.Function)."""
     if torch.compiler.is_compiling():  # first: Dynamo traces this code and must see nothing else
         return "op"
-    if (torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
-            or torch._C._are_functorch_transforms_active()):
+    if _MODES is None or any(active() for active in _MODES):
         return "op"
     on_cpu = on_cuda = requires_grad = list_requires_grad = False
     for arg in args:
