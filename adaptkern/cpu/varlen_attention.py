@@ -217,7 +217,7 @@ def _bucket_backward(dos, qs, ks, vs, os_, ls, dls, num_kv_heads, left, right, s
         gq, gk, gv = (g[..., :head_dim] for g in (gq, gk, gv))
     gq, gk, gv = gq.transpose(1, 2), gk.transpose(1, 2), gv.transpose(1, 2)  # (n, L, H, D)
     if gk.shape[2] != num_kv_heads:
-        gk, gv = (g.unflatten(2, (num_kv_heads, group)).sum(3) for g in (gk, gv))
+        gk, gv = (_split(g, 2, num_kv_heads, group).sum(3) for g in (gk, gv))
     return gq, gk, gv
 
 

@@ -38,20 +38,12 @@ def _route(args, differentiable):
         return "op"
     on_cpu = on_cuda = requires_grad = list_requires_grad = False
     for arg in args:
-        kind = type(arg)
-        if kind in _PLAIN:
-            tensors = (arg,)
-        elif kind is list or kind is tuple:
-            tensors = arg
-        elif isinstance(arg, torch.Tensor):  # a subclass
-            return "op"
-        else:
-            continue
-        for tensor in tensors:
-            if type(tensor) not in _PLAIN:
-                if isinstance(tensor, torch.Tensor):
-                    return "op"
+        in_list = type(arg) is list or type(arg) is tuple
+        for tensor in arg if in_list else (arg,):
+            if not isinstance(tensor, torch.Tensor):
                 continue
+            if type(tensor) not in _PLAIN:  # a subclass
+                return "op"
             if tensor.is_cpu:
                 on_cpu = True
             elif tensor.is_cuda:
@@ -60,7 +52,7 @@ def _route(args, differentiable):
                 return "op"
             if tensor.requires_grad:
                 requires_grad = True
-                list_requires_grad |= tensors is arg
+                list_requires_grad |= in_list
     if (on_cpu and torch.is_autocast_enabled("cpu")) or (on_cuda and torch.is_autocast_enabled("cuda")):
         return "op"
     if not (requires_grad and torch.is_grad_enabled()):
