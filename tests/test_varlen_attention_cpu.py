@@ -158,3 +158,59 @@ def test_cpu_custom_ops_pass_opcheck(lengths_q, lengths_k):
         bwd_args = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(),
                     torch.randn_like(lse), cu_q, cu_k, max_q, max_k, 0.3, *mask, "cpu")
         torch.library.opcheck(torch.ops.adaptkern.varlen_attn_bwd.default, bwd_args)
+
+
+def test_length_classes_pad_short_lengths_together_and_keep_long_ones_apart():
+    classes = cpu_attention.length_classes({9: 1, 8: 2, 12: 1, 2000: 1, 1500: 1}, 512)
+    assert classes[0] == [8, 9, 12] and [1500] in classes and [2000] in classes
+    assert sorted(length for c in classes for length in c) == [8, 9, 12, 1500, 2000]
+    assert cpu_attention.length_classes({}, 64) == []
+    # Every class is cheaper than its lengths called apart, by the module's own cost model.
+    counts = {length: 1 + length % 3 for length in range(5, 400, 7)}
+    for lengths in cpu_attention.length_classes(counts, 256):
+        if len(lengths) > 1:
+            n = sum(counts[length] for length in lengths)
+            apart = sum(cpu_attention._cost(counts[length], length, 256, counts[length] > 1) for length in lengths)
+            assert cpu_attention._cost(n, lengths[-1], 256, True) < apart
+
+
+def _one_class(monkeypatch):
+    """Every self-attention length without a window in one padded call; returns the list of
+    classes each call planned."""
+    planned = []
+
+    def one(counts, width):
+        planned.append(sorted(counts))
+        return [sorted(counts)] if counts else []
+
+    monkeypatch.setattr(cpu_attention, "length_classes", one)
+    return planned
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("causal,window_size", CPU_MASKS)
+@pytest.mark.parametrize("heads", [(4, 4), (4, 2)])
+def test_cpu_padded_classes_match_reference(monkeypatch, dtype, causal, window_size, heads):
+    # Distinct lengths padded into one call (zero-length and Lq != Lk sequences stay exact
+    # buckets); windowed masks keep every bucket exact, and must still match.
+    planned = _one_class(monkeypatch)
+    lengths_q = [5, 0, 1, 9, 3, 9, 12, 4, 7]
+    lengths_k = [5, 3, 1, 9, 3, 6, 12, 0, 7] if heads[1] == 2 else lengths_q
+    _compare(*make_batch(lengths_q, lengths_k, *heads, 16, torch.float64), dtype, causal=causal,
+             window_size=window_size)
+    padded = window_size[0] < 0 and (causal or window_size[1] <= 0)
+    assert planned[0] == (sorted({n for n, m in zip(lengths_q, lengths_k) if n == m and n}) if padded else [])
+
+
+def test_cpu_padded_classes_confine_nan_to_their_sequence(monkeypatch):
+    _one_class(monkeypatch)
+    lengths = [6, 3, 8, 5]
+    q, k, v, cu, _, max_len, _ = make_batch(lengths, lengths, 2, 2, 8, torch.float32)
+    k[7, 1, 2] = float("nan")  # sequence 1 (rows 6..8), padded to 8 rows with the others
+    for causal in (True, False):
+        (out, lse), (dq, dk, dv) = grads(_run("cpu", q, k, v, cu, cu, max_len, max_len, causal=causal), (q, k, v),
+                                         (torch.ones_like(q), torch.ones(2, q.shape[0])))
+        clean = torch.ones(q.shape[0], dtype=torch.bool)
+        clean[6:9] = False
+        for t in (out, lse.T, dq, dk, dv):
+            assert torch.isfinite(t[clean]).all() and not torch.isfinite(t[~clean]).all()
