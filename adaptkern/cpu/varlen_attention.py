@@ -4,10 +4,6 @@ Sequences are bucketed by (Lq, Lk): each bucket is one batched call of
 ``aten._scaled_dot_product_flash_attention_for_cpu`` (forward, returns lse) or its
 ``_backward``. Packed tensors are (total, H, D), which is the kernel's preferred memory
 layout (B, L, H, D) seen as (B, H, L, D): a bucket of consecutive sequences is a view.
-Self-attention buckets without a window (no mask or causal) of nearby lengths share one
-call, zero-padded to the longest, where a cost model of this machine says one padded call
-is cheaper than several exact ones (:func:`length_classes`; many short sequences of
-distinct lengths, as in packed mixed-resolution batches).
 
 Mask semantics are the reference's (:mod:`adaptkern.reference.varlen_attention`):
 bottom-right causal and sliding windows become an additive mask, except causal with
@@ -49,59 +45,6 @@ def buckets(cu_seqlens_q, cu_seqlens_k):
     return groups
 
 
-# What one bucket's forward + backward costs on the 2-core dev machine (2 threads, float32;
-# measured by benchmarks/experiments/length_classes.py): per kernel call (its fixed work and
-# the Python around it), per (query, key) pair and (head x head dim) element computed, and per
-# row element gathered or scattered (a padded call copies its inputs and outputs).
-CALL_SECONDS, PAIR_SECONDS, ROW_SECONDS = 4e-4, 1.7e-10, 4e-9
-
-
-def _cost(count, length, width, copied):
-    """Seconds for ``count`` sequences of ``length`` rows in one call, ``width`` = H * D."""
-    per_sequence = PAIR_SECONDS * length * length + (ROW_SECONDS * length if copied else 0.0)
-    return CALL_SECONDS + count * width * per_sequence
-
-
-def length_classes(counts, width):
-    """Which self-attention lengths share one zero-padded call: ``counts`` {L: sequences of
-    length L} -> [[L, ...], ...], each class sorted, padded to its last length. Greedy in
-    increasing length: the next length joins the current class when one call padded to it
-    is estimated cheaper than the class and that length called apart."""
-    classes, count = [], 0
-    for length in sorted(counts):
-        n = counts[length]
-        if classes:
-            current = classes[-1]
-            apart = _cost(count, current[-1], width, count > 1) + _cost(n, length, width, n > 1)
-            if _cost(count + n, length, width, True) < apart:
-                current.append(length)
-                count += n
-                continue
-        classes.append([length])
-        count = n
-    return classes
-
-
-def _plan(groups, left, right, width):
-    """[(rows_q, rows_k)] of every call: a bucket of ``groups`` as it is, or several
-    self-attention buckets without a window padded into one (:func:`length_classes`)."""
-    plan, same = [], {}
-    for (len_q, len_k), starts in groups.items():
-        if len_q == len_k and left < 0 and right <= 0:  # no mask, or causal
-            same[len_q] = starts
-        else:
-            plan.append((_Rows([s[0] for s in starts], len_q), _Rows([s[1] for s in starts], len_k)))
-    for lengths in length_classes({length: len(starts) for length, starts in same.items()}, width):
-        if len(lengths) == 1:
-            starts = same[lengths[0]]
-            plan.append((_Rows([s[0] for s in starts], lengths[0]), _Rows([s[1] for s in starts], lengths[0])))
-            continue
-        members = [(length, start) for length in lengths for start in same[length]]
-        sizes = [length for length, _ in members]
-        plan.append(tuple(_PaddedRows([start[side] for _, start in members], sizes, lengths[-1]) for side in (0, 1)))
-    return plan
-
-
 def _split(x, dim, count, length):
     """``x.unflatten(dim, (count, length))`` as a plain view (Tensor.unflatten's Python
     wrapper costs more than the view itself)."""
@@ -120,8 +63,7 @@ class _Rows:
         if not self.consecutive:
             self.index = (torch.tensor(starts)[:, None] + torch.arange(length)).flatten()
 
-    def gather(self, x, dim=0, fill=None):
-        """(n, L, ...) rows along ``dim``; ``fill`` is for padded rows, which these have none of."""
+    def gather(self, x, dim=0):
         if self.consecutive:
             rows = x.narrow(dim, self.first, self.n * self.length)
         else:
@@ -134,28 +76,6 @@ class _Rows:
             dest.narrow(dim, self.first, self.n * self.length).copy_(values)
         else:
             dest.index_copy_(dim, self.index, values)
-
-
-class _PaddedRows:
-    """The packed rows of n sequences of different lengths, at most ``length``: gathered as
-    (n, length, ...) with each sequence's rows first and ``fill`` after them, and scattered
-    back (the padded rows are dropped)."""
-
-    def __init__(self, starts, lengths, length):
-        self.n, self.length = len(starts), length
-        offsets = torch.arange(length)
-        self.valid = offsets < torch.tensor(lengths)[:, None]  # (n, length): real rows
-        self.packed = (torch.tensor(starts)[:, None] + offsets)[self.valid]  # their packed positions
-        self.padded = torch.arange(self.n * length).view(self.n, length)[self.valid]  # and padded ones
-
-    def gather(self, x, dim=0, fill=0.0):
-        shape = list(x.shape)
-        shape[dim] = self.n * self.length
-        rows = x.new_full(shape, fill).index_copy_(dim, self.padded, x.index_select(dim, self.packed))
-        return _split(rows, dim, self.n, self.length)
-
-    def scatter(self, dest, values, dim=0):
-        dest.index_copy_(dim, self.packed, values.flatten(dim, dim + 1).index_select(dim, self.padded))
 
 
 def _heads_first(rows):
@@ -174,19 +94,6 @@ def _mask(len_q, len_k, left, right, dtype):
     seen = allowed.any(1)
     mask = torch.zeros(len_q, len_k, dtype=dtype).masked_fill_(~allowed, float("-inf"))
     return False, mask, None if bool(seen.all()) else seen
-
-
-def _bucket_mask(rows_q, rows_k, left, right, dtype):
-    """:func:`_mask` of a bucket. Padded buckets are self-attention without a window:
-    causal needs no mask (right padding: real query i sees keys j <= i, all real), else a
-    key mask hides the padding; every real row sees a key."""
-    if not isinstance(rows_k, _PaddedRows):
-        return _mask(rows_q.length, rows_k.length, left, right, dtype)
-    if right == 0:
-        return True, None, None
-    mask = torch.zeros(rows_k.n, 1, 1, rows_k.length, dtype=dtype).masked_fill_(~rows_k.valid[:, None, None],
-                                                                                float("-inf"))
-    return False, mask, None
 
 
 def _kv(k, v, group):
@@ -229,10 +136,11 @@ def uniform_lengths(cu_seqlens_q, cu_seqlens_k, total_q, total_k):
     return count, len_q, len_k
 
 
-def _bucket_forward(qs, ks, vs, group, masking, softmax_scale, lse_dtype):
-    """One bucket: (n, Lq, H, D) queries and (n, Lk, Hkv, D) keys / values, masking
-    (is_causal, mask, seen) from :func:`_mask` -> out (n, Lq, H, D) and lse (n, H, Lq)."""
-    is_causal, mask, seen = masking
+def _bucket_forward(qs, ks, vs, group, left, right, softmax_scale, lse_dtype):
+    """One bucket: (n, Lq, H, D) queries and (n, Lk, Hkv, D) keys / values -> out
+    (n, Lq, H, D) and lse (n, H, Lq)."""
+    len_q, len_k = qs.shape[1], ks.shape[1]
+    is_causal, mask, seen = _mask(len_q, len_k, left, right, qs.dtype)
     ks, vs = _kv(_heads_first(ks), _heads_first(vs), group)
     o, l = _flash(_heads_first(qs), ks, vs, 0.0, is_causal, attn_mask=mask, scale=softmax_scale)
     o, l = o.transpose(1, 2), l.to(lse_dtype)
@@ -260,16 +168,16 @@ def varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale,
     if uniform is not None:
         count, len_q, len_k = uniform
         o, l = _bucket_forward(_split(q, 0, count, len_q), _split(k, 0, count, len_k),
-                               _split(v, 0, count, len_k), group, _mask(len_q, len_k, left, right, q.dtype),
-                               softmax_scale, lse_dtype)
+                               _split(v, 0, count, len_k), group, left, right, softmax_scale, lse_dtype)
         return o.reshape(q.shape), _packed_lse(l)
     groups = buckets(cu_seqlens_q, cu_seqlens_k)
     covered, _, whole = _layout(groups, total_q, k.shape[0])
     out = _destination(q, q.shape, covered, whole)
     lse = _destination(q, (num_heads, total_q), covered, whole, float("-inf"), lse_dtype)
-    for rows_q, rows_k in _plan(groups, left, right, num_heads * q.shape[2]):
-        o, l = _bucket_forward(rows_q.gather(q), rows_k.gather(k), rows_k.gather(v), group,
-                               _bucket_mask(rows_q, rows_k, left, right, q.dtype), softmax_scale, lse_dtype)
+    for (len_q, len_k), starts in groups.items():
+        rows_q, rows_k = _Rows([s[0] for s in starts], len_q), _Rows([s[1] for s in starts], len_k)
+        o, l = _bucket_forward(rows_q.gather(q), rows_k.gather(k), rows_k.gather(v), group, left, right,
+                               softmax_scale, lse_dtype)
         if whole:
             return o.reshape(q.shape), _packed_lse(l)
         rows_q.scatter(out, o)
@@ -287,14 +195,12 @@ def _with_lse_gradient(q, k, v, out, dout, dlse):
     return pad(q, 0), pad(k, 0), pad(v, 0), pad(out, -1), torch.cat([dout, dlse[..., None].to(dout.dtype)], -1)
 
 
-def _bucket_backward(dos, qs, ks, vs, os_, ls, dls, num_kv_heads, masking, softmax_scale):
+def _bucket_backward(dos, qs, ks, vs, os_, ls, dls, num_kv_heads, left, right, softmax_scale):
     """One bucket: (n, L, H, D) dout / q / out, (n, L, Hkv, D) k / v, lse and dlse (H, n, Lq)
-    (dlse or None), masking as the forward's -> dq (n, Lq, H, D), dk / dv (n, Lk, Hkv, D).
-    Padded query rows must come with dout 0, out 0 and lse +inf (no probability mass, so
-    nothing flows back from them)."""
-    num_heads, head_dim = qs.shape[2], qs.shape[3]
+    (dlse or None) -> dq (n, Lq, H, D), dk / dv (n, Lk, Hkv, D)."""
+    len_q, len_k, num_heads, head_dim = qs.shape[1], ks.shape[1], qs.shape[2], qs.shape[3]
     group = num_heads // num_kv_heads
-    is_causal, mask, seen = masking
+    is_causal, mask, seen = _mask(len_q, len_k, left, right, qs.dtype)
     qs, os_, dos = _heads_first(qs), _heads_first(os_), _heads_first(dos)
     ks, vs = _kv(_heads_first(ks), _heads_first(vs), group)
     ls, dls = ls.transpose(0, 1), None if dls is None else dls.transpose(0, 1)  # (n, H, Lq)
@@ -334,17 +240,18 @@ def varlen_attention_backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_se
         rows_k = [_split(x, 0, count, len_k) for x in (k, v)]
         gq, gk, gv = _bucket_backward(*rows_q, *rows_k, _split(out, 0, count, len_q), _split(lse, 1, count, len_q),
                                       None if dlse is None else _split(dlse, 1, count, len_q), num_kv_heads,
-                                      _mask(len_q, len_k, left, right, q.dtype), softmax_scale)
+                                      left, right, softmax_scale)
         return _packed(gq, q.shape), _packed(gk, k.shape), _packed(gv, v.shape)
     groups = buckets(cu_seqlens_q, cu_seqlens_k)
     covered_q, covered_k, whole = _layout(groups, q.shape[0], k.shape[0])
     dq = _destination(q, q.shape, covered_q, whole)
     dk, dv = (_destination(k, k.shape, covered_k, whole) for _ in range(2))
-    for rows_q, rows_k in _plan(groups, left, right, q.shape[1] * q.shape[2]):
+    for (len_q, len_k), starts in groups.items():
+        rows_q, rows_k = _Rows([s[0] for s in starts], len_q), _Rows([s[1] for s in starts], len_k)
         gq, gk, gv = _bucket_backward(rows_q.gather(dout), rows_q.gather(q), rows_k.gather(k), rows_k.gather(v),
-                                      rows_q.gather(out), rows_q.gather(lse, dim=1, fill=float("inf")),
-                                      None if dlse is None else rows_q.gather(dlse, dim=1), num_kv_heads,
-                                      _bucket_mask(rows_q, rows_k, left, right, q.dtype), softmax_scale)
+                                      rows_q.gather(out), rows_q.gather(lse, dim=1),
+                                      None if dlse is None else rows_q.gather(dlse, dim=1), num_kv_heads, left,
+                                      right, softmax_scale)
         if whole:
             return _packed(gq, q.shape), _packed(gk, k.shape), _packed(gv, v.shape)
         rows_q.scatter(dq, gq)
