@@ -207,3 +207,26 @@ def test_a_torch_without_the_mode_predicates_always_calls_the_op(monkeypatch):
     assert _eager._route((x,), True) == "function"
     monkeypatch.setattr(_eager, "_MODES", None)
     assert _eager._route((x,), True) == "op" and _eager._route((x.detach(),), True) == "op"
+
+
+def test_route_reads_every_argument_that_can_hold_a_tensor(monkeypatch):
+    # Op.__call__ shows _route only the tensor-typed arguments (Tensor, Optional[Tensor],
+    # List[Tensor]), read from the implementation's annotations.
+    assert attention_ops.varlen_attn_bwd._tensor_args == (True,) * 9 + (False,) * 7
+    assert patch_ops.patch_embed_packed._tensor_args == (True, True, True, False)
+
+    class Sub(torch.Tensor):
+        pass
+
+    lengths, cu, tensors, grad_out, grad_lse = _attention_case(None)
+    q, k, v = tensors
+    out, lse = attention_ops.varlen_attn_fwd(q, k, v, cu, cu, 7, 7, 0.3, True, -1, -1, "cpu")
+    args = [grad_out, q, k, v, out, lse, grad_lse, cu, cu, 7, 7, 0.3, True, -1, -1, "cpu"]
+    images = [torch.randn(3, 8, 8), torch.randn(3, 4, 8).as_subclass(Sub)]  # a subclass inside the list
+    with _count_op_calls(monkeypatch, attention_ops.varlen_attn_bwd, patch_ops.patch_embed_packed) as counts:
+        attention_ops.varlen_attn_bwd(*args)
+        assert counts["adaptkern::varlen_attn_bwd"] == 0  # plain tensors: run directly
+        for position in (0, 6, 8):  # the first, the optional dlse, the last tensor argument
+            attention_ops.varlen_attn_bwd(*args[:position], args[position].as_subclass(Sub), *args[position + 1:])
+        patch_ops.patch_embed_packed(images, torch.randn(5, 3, 4, 4), None, "cpu")
+    assert counts == {"adaptkern::varlen_attn_bwd": 3, "adaptkern::patch_embed_packed": 1}

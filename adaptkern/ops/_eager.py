@@ -16,6 +16,8 @@ tracing and fake tensors see the custom op as before. The results are the same e
 way: the same code runs.
 """
 
+import inspect
+import itertools
 import typing
 
 import torch
@@ -29,9 +31,9 @@ _MODES = _MODES if all(_MODES) else None
 
 
 def _route(args, differentiable):
-    """How to run an op on ``args``: "op" (through the dispatcher), "impl" (the
-    implementation, no graph to record) or "function" (the implementation and the op's
-    autograd in one autograd.Function)."""
+    """How to run an op on ``args`` (its arguments, or just those that can hold tensors):
+    "op" (through the dispatcher), "impl" (the implementation, no graph to record) or
+    "function" (the implementation and the op's autograd in one autograd.Function)."""
     if torch.compiler.is_compiling():  # first: Dynamo traces this code and must see nothing else
         return "op"
     if _MODES is None or any(active() for active in _MODES):
@@ -86,6 +88,12 @@ class _Function(torch.autograd.Function):
         return (*(None if isinstance(g, (list, tuple)) else g for g in grads), None)
 
 
+def _holds_tensors(hint):
+    """Whether an argument annotated ``hint`` can hold a tensor (Tensor, Optional[Tensor],
+    list[Tensor], ...)."""
+    return hint is torch.Tensor or any(_holds_tensors(arg) for arg in typing.get_args(hint))
+
+
 def custom_op(name):
     """Decorator: ``@custom_op("adaptkern::name")`` on an implementation gives its :class:`Op`."""
     return lambda impl: Op(name, impl)
@@ -99,8 +107,11 @@ class Op:
     def __init__(self, name, impl):
         self.op = torch.library.custom_op(name, impl, mutates_args=())
         self.impl, self.setup_context, self.backward = impl, None, None
+        hints = typing.get_type_hints(impl)
         # A list of tensors returned is not tracked by autograd.Function: the op handles it.
-        self._list_output = typing.get_origin(typing.get_type_hints(impl).get("return")) is list
+        self._list_output = typing.get_origin(hints.get("return")) is list
+        # Which positional arguments _route has to look at (the others are ints, floats, strings).
+        self._tensor_args = tuple(_holds_tensors(hints.get(param)) for param in inspect.signature(impl).parameters)
 
     def register_fake(self, fn):
         return self.op.register_fake(fn)
@@ -110,7 +121,8 @@ class Op:
         self.backward, self.setup_context = backward, setup_context
 
     def __call__(self, *args):
-        route = _route(args, self.backward is not None and not self._list_output)
+        differentiable = self.backward is not None and not self._list_output
+        route = _route(itertools.compress(args, self._tensor_args), differentiable)
         if route == "impl":
             return self.impl(*args)
         if route == "function":
