@@ -1,9 +1,10 @@
 """``adaptkern demo --fast`` end to end in a subprocess: it writes its JSON (the keys of
 DESIGN.md's "main job's report") and PNG, and whatever its adaptive run achieved, the
 numbers and the verdict it prints and stores are the ones its own eval curves imply
-(recomputed here independently). A demo killed (SIGKILL) in the middle of its tuning sweep
-and rerun with --resume redoes no finished run and ends with the same numbers as the
-uninterrupted one."""
+(recomputed here independently). The demo trains its runs two at a time (--jobs 2), and
+one at a time in this process gives the same numbers. A demo killed (SIGKILL) in the
+middle of its tuning sweep and rerun with --resume redoes no finished run and ends with
+the same numbers as the uninterrupted one."""
 
 import json
 import math
@@ -22,7 +23,7 @@ DEMO_SEED = SESSION_SEED % 1000
 
 def _demo(out, *extra):
     return [sys.executable, "-m", "adaptkern", "demo", "--fast", "--out", str(out), "--no-progress",
-            "--seed", str(DEMO_SEED), *extra]
+            "--seed", str(DEMO_SEED), "--jobs", "2", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +113,33 @@ def _numbers(summary):
               for s, rs in summary["runs"]["static"].items()}
     adaptive = [[(e["compute"], e["loss"]) for e in r["evals"]] for r in summary["runs"]["adaptive"]]
     return static, adaptive, [t["loss"] for t in summary["targets"]], summary["verdict"]["claim"]
+
+
+def test_demo_numbers_do_not_depend_on_jobs(clean_demo, tmp_path):
+    """The same demo one run at a time in this process (jobs=1, on one thread as the CLI's
+    workers are) gives the numbers the --jobs 2 demo gave, and the same records."""
+    import torch
+
+    from adaptkern.train.demo import run_demo
+
+    reference, _ = clean_demo
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = run_demo("vit", fast=True, out=str(tmp_path), seed=DEMO_SEED, progress=False, jobs=1,
+                           log=lambda *args, **kwargs: None)
+    finally:
+        torch.set_num_threads(threads)
+    assert _numbers(summary) == _numbers(json.loads((reference / "summary.json").read_text()))
+    records = sorted(reference.glob("**/record.json"))
+    assert len(records) >= 8  # tuning, measured and oracle runs
+    for record in records:
+        mine = json.loads((tmp_path / record.relative_to(reference)).read_text())
+        theirs = json.loads(record.read_text())
+        for key in ("identity", "steps", "compute", "ledger"):
+            assert mine[key] == theirs[key], (record, key)
+        untimed = [[{k: v for k, v in e.items() if k != "seconds"} for e in r["evals"]] for r in (mine, theirs)]
+        assert untimed[0] == untimed[1], record
 
 
 @pytest.mark.parametrize("command", ["demo", "train"])

@@ -41,14 +41,18 @@ def apply_threads(args) -> None:
 
 
 def run(args) -> int:
-    from adaptkern.train.demo import run_demo
+    import torch
+
+    from adaptkern.train.demo import default_device, default_jobs, run_demo
 
     apply_threads(args)
+    jobs = args.jobs or default_jobs(args.device or default_device())
     try:
         run_demo(args.model, images=args.images, text=args.text, shapes=args.shapes, budget=args.budget,
                  device=args.device, out=args.out, fast=args.fast, seed=args.seed, resume=args.resume,
                  target_loss=args.target_loss, batch_size=args.batch_size, tokens_per_batch=args.tokens_per_batch,
-                 evals=args.evals, seeds=args.seeds, switch_on=args.switch_on, progress=not args.no_progress)
+                 evals=args.evals, seeds=args.seeds, switch_on=args.switch_on, progress=not args.no_progress,
+                 jobs=jobs, threads=torch.get_num_threads())
     except (ValueError, OSError) as error:
         print(f"adaptkern demo: error: {error}", file=sys.stderr)
         return 2
@@ -74,6 +78,9 @@ def register(subparsers) -> None:
     parser.add_argument("--switch-on", choices=["loss", "compute"], default="loss",
                         help="adaptive switches when the smoothed training loss reaches the planned level (default) "
                              "or when the compute reaches the planned FLOPs")
+    parser.add_argument("--jobs", type=int_at_least(1), metavar="N",
+                        help="runs trained at once, each in its own process (default: one per CPU core on CPU, "
+                             "1 on a GPU or under torchrun); the numbers do not depend on it")
     parser.add_argument("--resume", action="store_true",
                         help="continue in OUT: keep finished runs, resume unfinished ones from their checkpoints")
     parser.set_defaults(func=run)

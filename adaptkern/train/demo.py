@@ -31,7 +31,11 @@ Protocol (every step resumable with ``resume=True``; what each step spends is bo
    printed table and ``<out>/demo.png``.
 """
 
+import concurrent.futures
+import multiprocessing
 import os
+import signal
+import sys
 import time
 
 import numpy as np
@@ -106,23 +110,35 @@ def settings_for(model: str, *, fast: bool = False, **overrides) -> dict:
     return settings
 
 
-def tune_grid(grid, final_loss_of, extend: int = 0, smallest: int = 1) -> list:
-    """Try every entry of ``grid`` (sorted, positive ints) and return [(entry, final loss)] in
-    the order tried. While the best entry is the smallest or largest tried, try one more
-    beyond it (half the smallest, not below ``smallest``, or twice the largest), at most
-    ``extend`` times: a best setting at the grid's edge is not known to be tuned."""
+def next_grid_entry(tried, smallest: int = 1):
+    """The grid entry to try next after ``tried`` [(entry, final loss)], or None: while the
+    best entry is the smallest or largest tried, one more beyond it (half the smallest, not
+    below ``smallest``, or twice the largest): a best setting at the grid's edge is not
+    known to be tuned."""
+    values = sorted(g for g, _ in tried)
+    best = min(tried, key=lambda t: t[1])[0]
+    if best == values[0] and best // 2 >= smallest:
+        return best // 2
+    if best == values[-1] and len(values) > 1:
+        return best * 2
+    return None
+
+
+def check_grid(grid) -> list:
+    """``grid`` sorted and deduplicated: positive ints (tokens per step)."""
     grid = sorted({int(g) for g in grid})
     if not grid or grid[0] < 1:
         raise ValueError(f"grid: expected positive tokens per step, got {grid}")
-    tried = [(g, final_loss_of(g)) for g in grid]
+    return grid
+
+
+def tune_grid(grid, final_loss_of, extend: int = 0, smallest: int = 1) -> list:
+    """Try every entry of ``grid`` (sorted, positive ints) and return [(entry, final loss)] in
+    the order tried, extended at most ``extend`` times by :func:`next_grid_entry`."""
+    tried = [(g, final_loss_of(g)) for g in check_grid(grid)]
     for _ in range(int(extend)):
-        values = sorted(g for g, _ in tried)
-        best = min(tried, key=lambda t: t[1])[0]
-        if best == values[0] and best // 2 >= smallest:
-            step = best // 2
-        elif best == values[-1] and len(values) > 1:
-            step = best * 2
-        else:
+        step = next_grid_entry(tried, smallest)
+        if step is None:
             break
         tried.append((step, final_loss_of(step)))
     return tried
@@ -135,37 +151,114 @@ def _grid_setting(task, shape, per_step: int) -> int:
     return per_step
 
 
+def _train(task, schedule, config, folder, device, resume, desc):
+    """One training run -> (its record, seconds); run in this process or in a worker."""
+    started = time.perf_counter()
+    result = train_run(task, schedule, config, folder, device=device, resume=resume)
+    if result.stopped == "max_steps":
+        raise RuntimeError(f"run {desc} paused at max_steps before its budget")
+    record = run_record(desc, identity=run_identity(task, schedule, config), result=result)
+    record.update(initial=result.initial, switches=result.switches, schedule=schedule.to_dict())
+    return record, time.perf_counter() - started
+
+
+def _worker_init(threads):
+    """A worker process of a parallel demo: ``threads`` torch threads, and (Linux) killed with
+    its parent, so that a demo killed mid-sweep leaves no run writing into its folder."""
+    torch.set_num_threads(threads)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def default_jobs(device) -> int:
+    """Runs at once: one per usable CPU core on CPU (each run on one thread: the models are
+    tiny and a second thread per run mostly spins), one on a GPU or under torchrun."""
+    if torch.device(device).type != "cpu" or distributed.world_size() > 1:
+        return 1
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
 class _Runner:
-    """Runs (or, with resume, reloads) one training run and keeps its record."""
+    """Runs (or, with resume, reloads) training runs and keeps their records. ``submit``
+    starts a run and ``gather`` waits for a list of them; with ``jobs`` > 1 the runs of one
+    list train at once in worker processes (each on ``threads`` torch threads), else one by
+    one here, each as it is submitted. A run's record.json is written as soon as it ends;
+    records and printed lines come in submission order, and the numbers do not depend on
+    ``jobs``: every run seeds itself."""
 
-    def __init__(self, device, resume, progress, say):
+    def __init__(self, device, resume, progress, say, jobs=1, threads=1):
         self.device, self.resume, self.progress, self.say = device, resume, progress, say
-        self.count = 0
+        self.jobs, self.threads, self.count, self._pool = int(jobs), int(threads), 0, None
 
-    def __call__(self, task, schedule, config, folder, desc):
+    def submit(self, task, schedule, config, folder, desc):
+        """A pending run: (label, record.json path or None once written, the record or a
+        future of (record, seconds))."""
         self.count += 1
-        identity = run_identity(task, schedule, config)
+        label = f"[{self.count}] {desc}"
         path = os.path.join(folder, "record.json")
         if self.resume and os.path.exists(path):
             record = read_json(path)
-            if record.get("identity") != identity:
+            if record.get("identity") != run_identity(task, schedule, config):
                 raise ValueError(f"{path} holds a run with a different configuration; use another output folder "
                                  "or run without --resume")
-            return record
-        config = RunConfig(**{**vars(config), "progress": self.progress, "progress_desc": f"[{self.count}] {desc}"})
-        started = time.perf_counter()
-        result = train_run(task, schedule, config, folder, device=self.device, resume=self.resume)
-        if result.stopped == "max_steps":
-            raise RuntimeError(f"run {desc} paused at max_steps before its budget")
-        record = run_record(desc, identity, result)
-        record.update(initial=result.initial, switches=result.switches, schedule=schedule.to_dict())
+            return label, None, record
+        if self.jobs == 1:
+            config = RunConfig(**{**vars(config), "progress": self.progress, "progress_desc": label})
+            record, seconds = _train(task, schedule, config, folder, self.device, self.resume, desc)
+            self._write(path, record)
+            self._report(label, record, seconds)
+            return label, None, record
+        if self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                self.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                initargs=(self.threads,))
+        config = RunConfig(**{**vars(config), "progress": False})
+        return label, path, self._pool.submit(_train, task, schedule, config, folder, str(self.device), self.resume,
+                                              desc)
+
+    def _write(self, path, record):
         if distributed.is_main():
             write_json(path, record)
         distributed.barrier()
-        self.say(f"  [{self.count}] {desc}: {result.steps} steps, {result.compute:.3g} FLOPs, "
-                 f"final eval {record['evals'][-1]['loss'] if record['evals'] else float('nan'):.4f}, "
-                 f"{time.perf_counter() - started:.0f} s")
-        return record
+
+    def _report(self, label, record, seconds):
+        self.say(f"  {label}: {record['steps']} steps, {record['compute']:.3g} FLOPs, final eval "
+                 f"{record['evals'][-1]['loss'] if record['evals'] else float('nan'):.4f}, {seconds:.0f} s")
+
+    def gather(self, pending, what="runs") -> list:
+        """The records of ``pending`` (from ``submit``), in order, once their runs end."""
+        running = {p[2]: i for i, p in enumerate(pending) if p[1] is not None}
+        bar = None
+        if running and self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(running), desc=what, unit="run", leave=False)
+        try:
+            for future in concurrent.futures.as_completed(running):  # write each record as its run ends
+                self._write(pending[running[future]][1], future.result()[0])
+                if bar is not None:
+                    bar.update()
+        finally:
+            if bar is not None:
+                bar.close()
+        records = []
+        for label, path, outcome in pending:
+            if path is None:  # trained here already, or reloaded with --resume
+                records.append(outcome)
+                continue
+            record, seconds = outcome.result()
+            self._report(label, record, seconds)
+            records.append(record)
+        return records
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
 
 
 def _eval_flops(record) -> int:
@@ -175,8 +268,14 @@ def _eval_flops(record) -> int:
 def run_demo(model: str = "vit", *, images=None, text=None, shapes=None, budget=None, device=None,
              out="adaptkern-demo", fast: bool = False, seed: int = 0, resume: bool = False, target_loss=None,
              batch_size=None, tokens_per_batch=None, evals=None, seeds=None, switch_on: str = "loss",
-             progress: bool = True, log=print) -> dict:
-    """Run the whole demo (see the module docstring); returns the summary dict."""
+             progress: bool = True, log=print, jobs: int = 1, threads: int = 1) -> dict:
+    """Run the whole demo (see the module docstring); returns the summary dict. ``jobs``:
+    runs trained at once, in worker processes of ``threads`` torch threads each (1: one by
+    one in this process, on its threads); the numbers are the same."""
+    if int(jobs) < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    if int(jobs) > 1 and distributed.world_size() > 1:
+        raise ValueError("--jobs > 1 does not go with torchrun: under torchrun every rank trains every run")
     started = time.perf_counter()
     settings = settings_for(model, fast=fast, shapes=shapes, budget=budget, n_evals=evals, seeds=seeds)
     fixed = batch_size if model == "vit" else tokens_per_batch
@@ -189,7 +288,17 @@ def run_demo(model: str = "vit", *, images=None, text=None, shapes=None, budget=
     device = torch.device(device or default_device())
     main = distributed.is_main()
     say = log if main else (lambda *a, **k: None)
-    run = _Runner(device, resume, progress and main, say)
+    run = _Runner(device, resume, progress and main, say, jobs=jobs, threads=threads)
+    try:
+        return _demo_steps(run, model, settings, fixed, base, names, images, text, device, out, seed, target_loss,
+                           switch_on, say, main, started)
+    finally:
+        run.close()
+
+
+def _demo_steps(run, model, settings, fixed, base, names, images, text, device, out, seed, target_loss, switch_on,
+                say, main, started):
+    """The steps of :func:`run_demo` once its arguments are checked."""
     budget = int(settings["budget"])
     seed_list = [seed + i for i in range(int(settings["seeds"]))]
     tune_seed = seed + TUNE_SEED_OFFSET
@@ -199,31 +308,37 @@ def run_demo(model: str = "vit", *, images=None, text=None, shapes=None, budget=
     say(f"adaptkern demo: {base.kind} on {base.describe()['data']}, shapes {' '.join(names)}, {budget:.3g} training "
         f"FLOPs per static run, seeds {seed_list} (tuning seed {tune_seed}), device {device}, out {out}")
 
-    # 1. tuning
-    tuned, tried = {}, {s: [] for s in names}
-    say("tuning every static shape on the same budget:")
-    for shape in names:
-        def tune_run(setting, shape=shape):
+    # 1. tuning: every shape's grid at once, then each extension round at once
+    tried = {s: [] for s in names}
+
+    def tune_round(entries):
+        pending = []
+        for shape, setting in entries:
             task = make_task(model, settings, images=images, text=text, seed=tune_seed, per_shape={shape: setting})
             config = RunConfig(seed=tune_seed, cross_eval_shapes=tuple(names), cross_eval_after=0.3, **common)
-            record = run(task, ShapeSchedule.static(shape), config,
-                         os.path.join(out, "tune", f"{shape}-{setting}"), f"tune {shape} batch {setting}")
+            pending.append(run.submit(task, ShapeSchedule.static(shape), config,
+                                      os.path.join(out, "tune", f"{shape}-{setting}"), f"tune {shape} batch {setting}"))
+        for (shape, setting), record in zip(entries, run.gather(pending, "tuning")):
             if len(record["evals"]) < 2:  # the budget is a step or two: no curve to fit, say so now
                 raise ValueError(f"--budget {budget:.3g} gives tune {shape} batch {setting} only {record['steps']} "
                                  f"training step(s) and {len(record['evals'])} eval(s); every run needs a curve: "
                                  "raise --budget (the preset is the default)")
             tried[shape].append({"setting": setting, "record": record})
-            return final_loss(record["evals"])
 
-        # the grid is in tokens per step (the same for every shape); the run takes images per
-        # step (vit) or tokens: extensions halve/double the setting itself
-        if fixed:
-            tune_grid([fixed], tune_run)
-        else:
-            smallest = 1 if model == "vit" else base.shape(shape).context  # a window needs its context
-            tune_grid(sorted({max(smallest, _grid_setting(base, shape, g)) for g in settings["grid"]}), tune_run,
-                      extend=settings.get("grid_extend", 0), smallest=smallest)
-        tuned[shape] = min(tried[shape], key=lambda t: final_loss(t["record"]["evals"]))
+    say("tuning every static shape on the same budget:")
+    # the grid is in tokens per step (the same for every shape); the run takes images per
+    # step (vit) or tokens: extensions halve/double the setting itself
+    smallest = {s: 1 if model == "vit" else base.shape(s).context for s in names}  # a window needs its context
+    tune_round([(s, g) for s in names for g in ([fixed] if fixed else check_grid(
+        {max(smallest[s], _grid_setting(base, s, g)) for g in settings["grid"]}))])
+    for _ in range(0 if fixed else int(settings.get("grid_extend", 0))):
+        entries = [(s, next_grid_entry([(t["setting"], final_loss(t["record"]["evals"])) for t in tried[s]],
+                                       smallest[s])) for s in names]
+        entries = [(s, g) for s, g in entries if g is not None]
+        if not entries:
+            break
+        tune_round(entries)
+    tuned = {s: min(tried[s], key=lambda t: final_loss(t["record"]["evals"])) for s in names}
     batch_key = "batch_size" if model == "vit" else "tokens_per_step"
     per_shape = {s: tuned[s]["setting"] for s in names}
     tune_records = {s: tuned[s]["record"] for s in names}
@@ -260,20 +375,23 @@ def run_demo(model: str = "vit", *, images=None, text=None, shapes=None, budget=
     # target: the moving average lags, so the margin must cover its lag before the first crossing
     dense_below = targets[0] + 0.5 * (start_loss - targets[0])
 
-    # 6. measured runs
-    static, adaptive = {s: [] for s in names}, []
+    # 6. measured runs, all at once
+    static, adaptive, pending = {s: [] for s in names}, [], []
     lr = {s: settings["lr"] for s in names}
-    for n, run_seed in enumerate(seed_list):
+    for run_seed in seed_list:
         task = make_task(model, settings, images=images, text=text, seed=run_seed, per_shape=per_shape)
         config = RunConfig(seed=run_seed, dense_below=dense_below, dense_ratio=settings["dense_ratio"], **common)
         for shape in names:
-            static[shape].append(run(task, ShapeSchedule.static(shape), config,
-                                     os.path.join(out, f"seed{run_seed}", shape), f"seed {run_seed} static {shape}"))
+            pending.append((static[shape], run.submit(task, ShapeSchedule.static(shape), config,
+                                                      os.path.join(out, f"seed{run_seed}", shape),
+                                                      f"seed {run_seed} static {shape}")))
         if plan is not None:
             schedule = ShapeSchedule.from_plan(plan, trigger=switch_on)
             config = RunConfig(**{**vars(config), "lr": lr, "stop_at_loss": targets[-1]})
-            adaptive.append(run(task, schedule, config, os.path.join(out, f"seed{run_seed}", "adaptive"),
-                                f"seed {run_seed} adaptive {'->'.join(schedule.shapes)}"))
+            pending.append((adaptive, run.submit(task, schedule, config, os.path.join(out, f"seed{run_seed}", "adaptive"),
+                                                 f"seed {run_seed} adaptive {'->'.join(schedule.shapes)}")))
+    for runs, record in zip([p[0] for p in pending], run.gather([p[1] for p in pending], "measured runs")):
+        runs.append(record)
 
     # 7. oracle: best single switch point, first seed
     oracle = []
@@ -291,11 +409,11 @@ def run_demo(model: str = "vit", *, images=None, text=None, shapes=None, budget=
         task = make_task(model, settings, images=images, text=text, seed=seed_list[0], per_shape=per_shape)
         config = RunConfig(seed=seed_list[0], dense_below=dense_below, dense_ratio=settings["dense_ratio"],
                            **{**common, "lr": lr, "stop_at_loss": headline})
-        for fraction in np.linspace(0.1, 0.6, int(settings["oracle_points"])):
-            switch = float(fraction * reference)
-            record = run(task, ShapeSchedule(((first, switch), (last, None))), config,
-                         os.path.join(out, "oracle", f"{first}-{last}-{fraction:.2f}"),
-                         f"oracle {first}->{last} at {switch:.3g}")
+        switches = [float(fraction * reference) for fraction in np.linspace(0.1, 0.6, int(settings["oracle_points"]))]
+        pending = [run.submit(task, ShapeSchedule(((first, switch), (last, None))), config,
+                              os.path.join(out, "oracle", f"{first}-{last}-{switch / reference:.2f}"),
+                              f"oracle {first}->{last} at {switch:.3g}") for switch in switches]
+        for switch, record in zip(switches, run.gather(pending, "oracle")):
             oracle.append({"from": first, "to": last, "switch_flops": switch, "record": record,
                            "flops_to_headline": first_crossing(record["evals"], headline)[0]})
 
