@@ -36,7 +36,8 @@ def clean_demo(tmp_path_factory):
 
 
 def _first_crossing(evals, target):
-    """Independent re-implementation: first eval at/below target, log-linear interpolation."""
+    """Independent re-implementation: first eval at/below target, log-linear interpolation;
+    None when the first eval is already below (the report's rule: only an upper bound)."""
     compute = np.array([e["compute"] for e in evals], dtype=float)
     loss = np.array([e["loss"] for e in evals], dtype=float)
     order = np.argsort(compute)
@@ -44,7 +45,7 @@ def _first_crossing(evals, target):
     for i in range(len(loss)):
         if loss[i] <= target:
             if i == 0:
-                return compute[0]
+                return None
             t = (loss[i - 1] - target) / (loss[i - 1] - loss[i])
             return math.exp(math.log(compute[i - 1]) + t * (math.log(compute[i]) - math.log(compute[i - 1])))
     return None

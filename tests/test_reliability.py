@@ -434,7 +434,11 @@ def test_run_config_names_a_bad_field(field, value, error, rule):
         RunConfig(**{"budget": 10**9, field: value})
 
 
-def test_demo_with_a_budget_of_one_step_stops_at_the_first_run(capsys, tmp_path):
-    err = _cli_error(capsys, ["demo", "--fast", "--budget", "1", "--no-progress", "--out", str(tmp_path)])
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_demo_with_a_budget_of_one_step_stops_at_the_first_run(capsys, tmp_path, jobs):
+    err = _cli_error(capsys, ["demo", "--fast", "--budget", "1", "--no-progress", "--out", str(tmp_path),
+                              "--jobs", str(jobs)])
     assert "--budget 1 gives tune" in err and "raise --budget" in err
-    assert len(list((tmp_path / "tune").iterdir())) == 1  # no sweep ran before the error
+    # no sweep ran before the error: the first run that ended stopped it, with at most the
+    # runs then in flight beside it (six are in the first tuning round)
+    assert 1 <= len(list((tmp_path / "tune").iterdir())) <= jobs

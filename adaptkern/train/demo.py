@@ -182,78 +182,98 @@ def default_jobs(device) -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+class _Pending:
+    """One run of a :class:`_Runner`: what to train, and its record once it has one."""
+
+    def __init__(self, label, path, check, job=None, record=None):
+        self.label, self.path, self.check, self.job, self.record = label, path, check, job, record
+        self.seconds = self.future = None
+
+
 class _Runner:
     """Runs (or, with resume, reloads) training runs and keeps their records. ``submit``
-    starts a run and ``gather`` waits for a list of them; with ``jobs`` > 1 the runs of one
-    list train at once in worker processes (each on ``threads`` torch threads), else one by
-    one here, each as it is submitted. A run's record.json is written as soon as it ends;
-    records and printed lines come in submission order, and the numbers do not depend on
-    ``jobs``: every run seeds itself."""
+    takes a run and ``gather`` returns the records of a list of them. With ``jobs`` > 1 the
+    runs of a list train at once, at most ``jobs`` at a time, in worker processes (each on
+    ``threads`` torch threads); else one by one here, each as it is submitted. A run's
+    record.json is written as soon as it ends and its ``check`` runs then, so an error stops
+    the demo at the first run that shows it; records and printed lines come in submission
+    order, and the numbers do not depend on ``jobs``: every run seeds itself."""
 
     def __init__(self, device, resume, progress, say, jobs=1, threads=1):
         self.device, self.resume, self.progress, self.say = device, resume, progress, say
         self.jobs, self.threads, self.count, self._pool = int(jobs), int(threads), 0, None
 
-    def submit(self, task, schedule, config, folder, desc):
-        """A pending run: (label, record.json path or None once written, the record or a
-        future of (record, seconds))."""
+    def submit(self, task, schedule, config, folder, desc, check=None) -> _Pending:
+        """A run of ``task`` on ``schedule``; ``check(record)`` may raise to stop the demo."""
         self.count += 1
-        label = f"[{self.count}] {desc}"
-        path = os.path.join(folder, "record.json")
-        if self.resume and os.path.exists(path):
-            record = read_json(path)
-            if record.get("identity") != run_identity(task, schedule, config):
-                raise ValueError(f"{path} holds a run with a different configuration; use another output folder "
-                                 "or run without --resume")
-            return label, None, record
+        run = _Pending(f"[{self.count}] {desc}", os.path.join(folder, "record.json"), check)
+        if self.resume and os.path.exists(run.path):
+            run.record = read_json(run.path)
+            if run.record.get("identity") != run_identity(task, schedule, config):
+                raise ValueError(f"{run.path} holds a run with a different configuration; use another output "
+                                 "folder or run without --resume")
+            self._ended(run, report=False)
+            return run
         if self.jobs == 1:
-            config = RunConfig(**{**vars(config), "progress": self.progress, "progress_desc": label})
-            record, seconds = _train(task, schedule, config, folder, self.device, self.resume, desc)
-            self._write(path, record)
-            self._report(label, record, seconds)
-            return label, None, record
+            config = RunConfig(**{**vars(config), "progress": self.progress, "progress_desc": run.label})
+            run.record, run.seconds = _train(task, schedule, config, folder, self.device, self.resume, desc)
+            self._ended(run)
+            return run
+        run.job = (task, schedule, RunConfig(**{**vars(config), "progress": False}), folder, str(self.device),
+                   self.resume, desc)
+        return run
+
+    def _ended(self, run, report=True):
+        """Write a new record, print its line (in submission order, see ``gather``), check it."""
+        if run.seconds is not None:
+            if distributed.is_main():
+                write_json(run.path, run.record)
+            distributed.barrier()
+            if report and self.jobs == 1:
+                self._report(run)
+        if run.check is not None:
+            run.check(run.record)
+
+    def _report(self, run):
+        self.say(f"  {run.label}: {run.record['steps']} steps, {run.record['compute']:.3g} FLOPs, final eval "
+                 f"{run.record['evals'][-1]['loss'] if run.record['evals'] else float('nan'):.4f}, "
+                 f"{run.seconds:.0f} s")
+
+    def gather(self, runs, what="runs") -> list:
+        """The records of ``runs`` (from ``submit``), in order, training those not done yet."""
+        waiting = [run for run in runs if run.record is None]
+        if waiting:
+            self._train_all(waiting, what)
+            for run in waiting:
+                self._report(run)
+        return [run.record for run in runs]
+
+    def _train_all(self, waiting, what):
         if self._pool is None:
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 self.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
                 initargs=(self.threads,))
-        config = RunConfig(**{**vars(config), "progress": False})
-        return label, path, self._pool.submit(_train, task, schedule, config, folder, str(self.device), self.resume,
-                                              desc)
-
-    def _write(self, path, record):
-        if distributed.is_main():
-            write_json(path, record)
-        distributed.barrier()
-
-    def _report(self, label, record, seconds):
-        self.say(f"  {label}: {record['steps']} steps, {record['compute']:.3g} FLOPs, final eval "
-                 f"{record['evals'][-1]['loss'] if record['evals'] else float('nan'):.4f}, {seconds:.0f} s")
-
-    def gather(self, pending, what="runs") -> list:
-        """The records of ``pending`` (from ``submit``), in order, once their runs end."""
-        running = {p[2]: i for i, p in enumerate(pending) if p[1] is not None}
         bar = None
-        if running and self.progress:
+        if self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(running), desc=what, unit="run", leave=False)
+            bar = tqdm(total=len(waiting), desc=what, unit="run", leave=False)
+        queue, running = list(reversed(waiting)), {}
         try:
-            for future in concurrent.futures.as_completed(running):  # write each record as its run ends
-                self._write(pending[running[future]][1], future.result()[0])
-                if bar is not None:
-                    bar.update()
+            while queue or running:
+                while queue and len(running) < self.jobs:  # never more than jobs started: a failed
+                    run = queue.pop()                      # check leaves at most the others in flight
+                    running[self._pool.submit(_train, *run.job)] = run
+                finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in finished:
+                    run = running.pop(future)
+                    run.record, run.seconds = future.result()
+                    self._ended(run)
+                    if bar is not None:
+                        bar.update()
         finally:
             if bar is not None:
                 bar.close()
-        records = []
-        for label, path, outcome in pending:
-            if path is None:  # trained here already, or reloaded with --resume
-                records.append(outcome)
-                continue
-            record, seconds = outcome.result()
-            self._report(label, record, seconds)
-            records.append(record)
-        return records
 
     def close(self):
         if self._pool is not None:
@@ -271,7 +291,9 @@ def run_demo(model: str = "vit", *, images=None, text=None, shapes=None, budget=
              progress: bool = True, log=print, jobs: int = 1, threads: int = 1) -> dict:
     """Run the whole demo (see the module docstring); returns the summary dict. ``jobs``:
     runs trained at once, in worker processes of ``threads`` torch threads each (1: one by
-    one in this process, on its threads); the numbers are the same."""
+    one in this process, on its threads); the numbers are the same. The workers are started
+    with multiprocessing's "spawn" method, so a script calling this with ``jobs`` > 1 must
+    do so under ``if __name__ == "__main__":``."""
     if int(jobs) < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
     if int(jobs) > 1 and distributed.world_size() > 1:
@@ -314,15 +336,18 @@ def _demo_steps(run, model, settings, fixed, base, names, images, text, device, 
     def tune_round(entries):
         pending = []
         for shape, setting in entries:
+            def check(record, shape=shape, setting=setting):
+                if len(record["evals"]) < 2:  # the budget is a step or two: no curve to fit, say so now
+                    raise ValueError(f"--budget {budget:.3g} gives tune {shape} batch {setting} only "
+                                     f"{record['steps']} training step(s) and {len(record['evals'])} eval(s); every "
+                                     "run needs a curve: raise --budget (the preset is the default)")
+
             task = make_task(model, settings, images=images, text=text, seed=tune_seed, per_shape={shape: setting})
             config = RunConfig(seed=tune_seed, cross_eval_shapes=tuple(names), cross_eval_after=0.3, **common)
             pending.append(run.submit(task, ShapeSchedule.static(shape), config,
-                                      os.path.join(out, "tune", f"{shape}-{setting}"), f"tune {shape} batch {setting}"))
+                                      os.path.join(out, "tune", f"{shape}-{setting}"), f"tune {shape} batch {setting}",
+                                      check=check))
         for (shape, setting), record in zip(entries, run.gather(pending, "tuning")):
-            if len(record["evals"]) < 2:  # the budget is a step or two: no curve to fit, say so now
-                raise ValueError(f"--budget {budget:.3g} gives tune {shape} batch {setting} only {record['steps']} "
-                                 f"training step(s) and {len(record['evals'])} eval(s); every run needs a curve: "
-                                 "raise --budget (the preset is the default)")
             tried[shape].append({"setting": setting, "record": record})
 
     say("tuning every static shape on the same budget:")
@@ -388,7 +413,8 @@ def _demo_steps(run, model, settings, fixed, base, names, images, text, device, 
         if plan is not None:
             schedule = ShapeSchedule.from_plan(plan, trigger=switch_on)
             config = RunConfig(**{**vars(config), "lr": lr, "stop_at_loss": targets[-1]})
-            pending.append((adaptive, run.submit(task, schedule, config, os.path.join(out, f"seed{run_seed}", "adaptive"),
+            pending.append((adaptive, run.submit(task, schedule, config,
+                                                 os.path.join(out, f"seed{run_seed}", "adaptive"),
                                                  f"seed {run_seed} adaptive {'->'.join(schedule.shapes)}")))
     for runs, record in zip([p[0] for p in pending], run.gather([p[1] for p in pending], "measured runs")):
         runs.append(record)
