@@ -79,8 +79,8 @@ def register(subparsers) -> None:
                         help="adaptive switches when the smoothed training loss reaches the planned level (default) "
                              "or when the compute reaches the planned FLOPs")
     parser.add_argument("--jobs", type=int_at_least(1), metavar="N",
-                        help="runs trained at once, each in its own process (default: one per CPU core on CPU, "
-                             "1 on a GPU or under torchrun); the numbers do not depend on it")
+                        help="runs trained at once, each in its own process (default: one per CPU core on CPU, at "
+                             "most 8; 1 on a GPU or under torchrun); the numbers do not depend on it")
     parser.add_argument("--resume", action="store_true",
                         help="continue in OUT: keep finished runs, resume unfinished ones from their checkpoints")
     parser.set_defaults(func=run)

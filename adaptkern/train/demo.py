@@ -174,20 +174,25 @@ def _worker_init(threads):
             pass
 
 
+MAX_DEFAULT_JOBS = 8  # a worker holds its own torch (about 0.45 GB RSS); a demo round has at most 12 runs
+
+
 def default_jobs(device) -> int:
-    """Runs at once: one per usable CPU core on CPU (each run on one thread: the models are
-    tiny and a second thread per run mostly spins), one on a GPU or under torchrun."""
+    """Runs at once: one per usable CPU core on CPU, at most ``MAX_DEFAULT_JOBS`` (each run on
+    one thread: the models are tiny and a second thread per run mostly spins), one on a GPU
+    or under torchrun."""
     if torch.device(device).type != "cpu" or distributed.world_size() > 1:
         return 1
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, MAX_DEFAULT_JOBS))
 
 
 class _Pending:
     """One run of a :class:`_Runner`: what to train, and its record once it has one."""
 
-    def __init__(self, label, path, check, job=None, record=None):
-        self.label, self.path, self.check, self.job, self.record = label, path, check, job, record
-        self.seconds = self.future = None
+    def __init__(self, label, path, check):
+        self.label, self.path, self.check = label, path, check
+        self.job = self.record = self.seconds = None
 
 
 class _Runner:
