@@ -262,7 +262,7 @@ class _Runner:
         if self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(waiting), desc=what, unit="run", leave=False)
+            bar = tqdm(total=len(waiting), desc=what, unit="run", leave=False, disable=None)  # a terminal only
         queue, running = list(reversed(waiting)), {}
         try:
             while queue or running:
