@@ -197,16 +197,28 @@ def test_demo_killed_mid_sweep_resumes_without_redoing_runs(clean_demo, tmp_path
 def test_tuning_grid_extends_past_an_edge_best(optimum, extend, expected):
     """A tuned baseline whose best setting sits at the edge of its grid is not known to be
     tuned: the grid grows past that edge until the best is inside (or the limit)."""
-    from adaptkern.train.demo import tune_grid
+    from adaptkern.train.demo import tune_grids
 
     loss = lambda g: (math.log2(g) - math.log2(optimum)) ** 2  # noqa: E731  convex in log batch
-    tried = tune_grid([16, 4, 8], loss, extend=extend)
+    rounds = []
+
+    def losses(entries):
+        rounds.append(entries)
+        return [loss(g) for _, g in entries]
+
+    # a second key whose best is inside its grid: it stops after the first round, the other goes on
+    tried = tune_grids({"edge": [16, 4, 8], "inside": [4, 8, 16]},
+                       lambda entries: [loss(g) if key == "edge" else abs(g - 8) for key, g in entries],
+                       extend=extend)
+    assert [g for g, _ in tried["inside"]] == [4, 8, 16]
+    tried = tune_grids({"edge": [16, 4, 8]}, losses, extend=extend)["edge"]
     assert [g for g, _ in tried] == expected
+    assert rounds[0] == [("edge", 4), ("edge", 8), ("edge", 16)] and all(len(r) == 1 for r in rounds[1:])
     assert all(value == loss(g) for g, value in tried)
     best = min(tried, key=lambda t: t[1])[0]
     assert best == min(expected, key=loss)
     with pytest.raises(ValueError, match="grid"):
-        tune_grid([0, 4], loss)
+        tune_grids({"edge": [0, 4]}, losses)
 
 
 def test_lm_demo_tunes_a_context_longer_than_the_grid_start(tmp_path):

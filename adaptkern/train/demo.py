@@ -110,11 +110,11 @@ def settings_for(model: str, *, fast: bool = False, **overrides) -> dict:
     return settings
 
 
-def next_grid_entry(tried, smallest: int = 1):
-    """The grid entry to try next after ``tried`` [(entry, final loss)], or None: while the
-    best entry is the smallest or largest tried, one more beyond it (half the smallest, not
-    below ``smallest``, or twice the largest): a best setting at the grid's edge is not
-    known to be tuned."""
+def _next_grid_entry(tried, smallest: int):
+    """The entry to try after ``tried`` [(entry, final loss)], or None: while the best entry
+    is the smallest or largest tried, one more beyond it (half the smallest, not below
+    ``smallest``, or twice the largest): a best setting at the grid's edge is not known to
+    be tuned."""
     values = sorted(g for g, _ in tried)
     best = min(tried, key=lambda t: t[1])[0]
     if best == values[0] and best // 2 >= smallest:
@@ -124,23 +124,31 @@ def next_grid_entry(tried, smallest: int = 1):
     return None
 
 
-def check_grid(grid) -> list:
-    """``grid`` sorted and deduplicated: positive ints (tokens per step)."""
-    grid = sorted({int(g) for g in grid})
-    if not grid or grid[0] < 1:
-        raise ValueError(f"grid: expected positive tokens per step, got {grid}")
-    return grid
+def tune_grids(grids: dict, final_losses_of, extend: int = 0, smallest=None) -> dict:
+    """Try every entry of every grid ({key: positive ints}) and return {key: [(entry, final
+    loss)]} in the order tried. ``final_losses_of([(key, entry), ...])`` runs one round (the
+    runs may train at once) and returns their final losses in order: first every grid, then,
+    at most ``extend`` times, one more entry for each key whose best is at an edge of what it
+    tried (``smallest``: {key: the least entry allowed}, default 1)."""
+    tried = {key: [] for key in grids}
 
+    def tune_round(entries):
+        for (key, entry), loss in zip(entries, final_losses_of(entries)):
+            tried[key].append((entry, loss))
 
-def tune_grid(grid, final_loss_of, extend: int = 0, smallest: int = 1) -> list:
-    """Try every entry of ``grid`` (sorted, positive ints) and return [(entry, final loss)] in
-    the order tried, extended at most ``extend`` times by :func:`next_grid_entry`."""
-    tried = [(g, final_loss_of(g)) for g in check_grid(grid)]
+    rounds = []
+    for key, grid in grids.items():
+        grid = sorted({int(g) for g in grid})
+        if not grid or grid[0] < 1:
+            raise ValueError(f"grid: expected positive tokens per step, got {grid}")
+        rounds += [(key, g) for g in grid]
+    tune_round(rounds)
     for _ in range(int(extend)):
-        step = next_grid_entry(tried, smallest)
-        if step is None:
+        entries = [(key, _next_grid_entry(tried[key], (smallest or {}).get(key, 1))) for key in grids]
+        entries = [(key, g) for key, g in entries if g is not None]
+        if not entries:
             break
-        tried.append((step, final_loss_of(step)))
+        tune_round(entries)
     return tried
 
 
@@ -151,13 +159,13 @@ def _grid_setting(task, shape, per_step: int) -> int:
     return per_step
 
 
-def _train(task, schedule, config, folder, device, resume, desc):
+def _train(task, schedule, config, folder, device, resume, desc, identity):
     """One training run -> (its record, seconds); run in this process or in a worker."""
     started = time.perf_counter()
     result = train_run(task, schedule, config, folder, device=device, resume=resume)
     if result.stopped == "max_steps":
         raise RuntimeError(f"run {desc} paused at max_steps before its budget")
-    record = run_record(desc, identity=run_identity(task, schedule, config), result=result)
+    record = run_record(desc, identity, result)
     record.update(initial=result.initial, switches=result.switches, schedule=schedule.to_dict())
     return record, time.perf_counter() - started
 
@@ -212,29 +220,31 @@ class _Runner:
         """A run of ``task`` on ``schedule``; ``check(record)`` may raise to stop the demo."""
         self.count += 1
         run = _Pending(f"[{self.count}] {desc}", os.path.join(folder, "record.json"), check)
+        identity = run_identity(task, schedule, config)
         if self.resume and os.path.exists(run.path):
             run.record = read_json(run.path)
-            if run.record.get("identity") != run_identity(task, schedule, config):
+            if run.record.get("identity") != identity:
                 raise ValueError(f"{run.path} holds a run with a different configuration; use another output "
                                  "folder or run without --resume")
-            self._ended(run, report=False)
+            self._ended(run)
             return run
         if self.jobs == 1:
             config = RunConfig(**{**vars(config), "progress": self.progress, "progress_desc": run.label})
-            run.record, run.seconds = _train(task, schedule, config, folder, self.device, self.resume, desc)
-            self._ended(run)
+            run.record, run.seconds = _train(task, schedule, config, folder, self.device, self.resume, desc, identity)
+            self._ended(run, report=True)
             return run
         run.job = (task, schedule, RunConfig(**{**vars(config), "progress": False}), folder, str(self.device),
-                   self.resume, desc)
+                   self.resume, desc, identity)
         return run
 
-    def _ended(self, run, report=True):
-        """Write a new record, print its line (in submission order, see ``gather``), check it."""
+    def _ended(self, run, report=False):
+        """Write a record trained here or in a worker (not one reloaded), print its line if
+        ``report`` (parallel runs print theirs in submission order, see ``gather``), check it."""
         if run.seconds is not None:
             if distributed.is_main():
                 write_json(run.path, run.record)
             distributed.barrier()
-            if report and self.jobs == 1:
+            if report:
                 self._report(run)
         if run.check is not None:
             run.check(run.record)
@@ -352,22 +362,20 @@ def _demo_steps(run, model, settings, fixed, base, names, images, text, device, 
             pending.append(run.submit(task, ShapeSchedule.static(shape), config,
                                       os.path.join(out, "tune", f"{shape}-{setting}"), f"tune {shape} batch {setting}",
                                       check=check))
-        for (shape, setting), record in zip(entries, run.gather(pending, "tuning")):
+        records = run.gather(pending, "tuning")
+        for (shape, setting), record in zip(entries, records):
             tried[shape].append({"setting": setting, "record": record})
+        return [final_loss(record["evals"]) for record in records]
 
     say("tuning every static shape on the same budget:")
     # the grid is in tokens per step (the same for every shape); the run takes images per
     # step (vit) or tokens: extensions halve/double the setting itself
     smallest = {s: 1 if model == "vit" else base.shape(s).context for s in names}  # a window needs its context
-    tune_round([(s, g) for s in names for g in ([fixed] if fixed else check_grid(
-        {max(smallest[s], _grid_setting(base, s, g)) for g in settings["grid"]}))])
-    for _ in range(0 if fixed else int(settings.get("grid_extend", 0))):
-        entries = [(s, next_grid_entry([(t["setting"], final_loss(t["record"]["evals"])) for t in tried[s]],
-                                       smallest[s])) for s in names]
-        entries = [(s, g) for s, g in entries if g is not None]
-        if not entries:
-            break
-        tune_round(entries)
+    if fixed:
+        tune_grids({s: [fixed] for s in names}, tune_round)
+    else:
+        tune_grids({s: {max(smallest[s], _grid_setting(base, s, g)) for g in settings["grid"]} for s in names},
+                   tune_round, extend=settings.get("grid_extend", 0), smallest=smallest)
     tuned = {s: min(tried[s], key=lambda t: final_loss(t["record"]["evals"])) for s in names}
     batch_key = "batch_size" if model == "vit" else "tokens_per_step"
     per_shape = {s: tuned[s]["setting"] for s in names}
@@ -440,10 +448,12 @@ def _demo_steps(run, model, settings, fixed, base, names, images, text, device, 
         task = make_task(model, settings, images=images, text=text, seed=seed_list[0], per_shape=per_shape)
         config = RunConfig(seed=seed_list[0], dense_below=dense_below, dense_ratio=settings["dense_ratio"],
                            **{**common, "lr": lr, "stop_at_loss": headline})
-        switches = [float(fraction * reference) for fraction in np.linspace(0.1, 0.6, int(settings["oracle_points"]))]
+        fractions = np.linspace(0.1, 0.6, int(settings["oracle_points"]))
+        switches = [float(fraction * reference) for fraction in fractions]
         pending = [run.submit(task, ShapeSchedule(((first, switch), (last, None))), config,
-                              os.path.join(out, "oracle", f"{first}-{last}-{switch / reference:.2f}"),
-                              f"oracle {first}->{last} at {switch:.3g}") for switch in switches]
+                              os.path.join(out, "oracle", f"{first}-{last}-{fraction:.2f}"),
+                              f"oracle {first}->{last} at {switch:.3g}")
+                   for fraction, switch in zip(fractions, switches)]
         for switch, record in zip(switches, run.gather(pending, "oracle")):
             oracle.append({"from": first, "to": last, "switch_flops": switch, "record": record,
                            "flops_to_headline": first_crossing(record["evals"], headline)[0]})
