@@ -12,7 +12,8 @@ import pytest
 
 from adaptkern.cli.train import parse_schedule
 from adaptkern.train.adaptive import choose_targets, first_crossing, switch_jumps, target_entry
-from adaptkern.train.laws import EmpiricalCurve, fit_laws
+from adaptkern import schedule as ak_schedule
+from adaptkern.train.laws import EmpiricalCurve, JoinedCurve, fit_laws
 from adaptkern.train.schedule import ShapeSchedule
 
 
@@ -111,7 +112,7 @@ def test_fit_laws_flags_bounds_and_falls_back_to_the_measured_curve(seed):
     records["good"]["evals"][0]["step"] = 5  # inside the warmup: not fitted
     laws, report = fit_laws(records, warmup_steps=10)
     assert report["good"]["used"] == "anchored power law" and not report["good"]["at_bound"]
-    assert report["good"]["n_points"] == 11
+    assert report["good"]["n_points"] == 11 and report["good"]["transient_points"] == 1
     assert float(laws["good"].predict(0.0)) == pytest.approx(L0)
     assert report["cliff"]["used"] == "measured curve (fallback)" and report["cliff"]["problem"]
     curve = laws["cliff"]
@@ -119,6 +120,44 @@ def test_fit_laws_flags_bounds_and_falls_back_to_the_measured_curve(seed):
     levels = np.array([2.0, 1.5, 1.0])
     np.testing.assert_allclose(curve.predict(curve.inverse(levels)), levels, rtol=1e-9)
     assert float(curve.inverse(L0)) == 0.0 and float(curve.inverse(curve.c)) == np.inf
+
+
+def test_the_planner_follows_the_measured_transient_then_the_law(seed):
+    """Evals inside the warmup are not fitted, and a law extrapolated back to the anchor
+    over them can be far off (a warmup holds the loss up): the planner's curve is the
+    measured evals up to the first fitted point, then the law, continuous at the joint."""
+    rng = np.random.default_rng(seed)
+    L0, c, d, b = 5.8, 2.0, 2e9 * rng.uniform(0.8, 1.2), 0.5
+
+    def law(C):
+        return c + (L0 - c) * (1 + C / d) ** -b
+
+    late = np.geomspace(1e10, 1e12, 10)
+    early = np.array([2e9, 4e9, 7e9])
+    held_up = L0 - (L0 - law(early)) * np.array([0.15, 0.4, 0.8])  # the warmup holds the loss up
+    record = _record(np.concatenate([early, late]), np.concatenate([held_up, law(late)]), L0)
+    for i, row in enumerate(record["evals"]):
+        row["step"] = 5 * (i + 1)  # steps 5, 10, 15 are inside a warmup of 15 steps
+    laws, report = fit_laws({"s": record}, warmup_steps=15)
+    curve = laws["s"]
+    assert isinstance(curve, JoinedCurve) and report["s"]["transient_points"] == 3
+    assert report["s"]["params"]["b"] == pytest.approx(b, rel=1e-3)  # fitted on the late evals only
+    np.testing.assert_allclose(curve.predict(early), held_up, rtol=1e-12)  # the measured evals, not the law
+    assert np.all(law(early) < held_up - 0.1)
+    np.testing.assert_allclose(curve.predict(late), law(late), rtol=1e-6)
+    assert float(curve.predict(0.0)) == pytest.approx(L0)
+    joint = float(law(late[0]))
+    for level in (float(held_up[1]), joint + 1e-6, joint, joint - 1e-3, 3.0):
+        assert float(curve.predict(curve.inverse(level))) == pytest.approx(level, rel=1e-6)
+    grid = np.linspace(L0 - 1e-3, c + 0.05, 500)
+    assert np.all(np.diff(curve.inverse(grid)) > 0) and np.all(curve.d_inverse(grid) < 0)
+    # the plan charges the transient as measured: to a loss inside it, the compute the run spent
+    plan = ak_schedule.optimal_schedule(laws, float(held_up[2]), start_loss=L0)
+    assert plan.total_compute == pytest.approx(early[2], rel=1e-9)
+    # no eval inside the warmup: nothing measured to follow, the law itself
+    record["evals"] = record["evals"][3:]
+    laws, report = fit_laws({"s": record}, warmup_steps=15)
+    assert not isinstance(laws["s"], JoinedCurve) and report["s"]["transient_points"] == 0
 
 def test_schedule_from_plan_and_shape_at():
     seg = lambda shape, compute, end, loss: SimpleNamespace(shape=shape, compute=compute, compute_end=end,

@@ -11,7 +11,8 @@ Protocol (every step resumable with ``resume=True``; what each step spends is bo
    runs also give the laws, the targets and the switch jumps: everything the plan needs is
    fixed before any measured run.
 2. Laws: one per shape, anchored at the run's step-0 loss, fitted after the transient
-   (``laws.TRANSIENT_RULE``); a law with a parameter at a bound falls back to the measured
+   (``laws.TRANSIENT_RULE``); inside the transient the plan follows the run's measured evals
+   (``laws.JoinedCurve``); a law with a parameter at a bound falls back to the measured
    curve (``laws.fit_laws``).
 3. Targets: ``adaptive.TARGET_RULE`` (five losses, the middle one the headline).
 4. Switch jumps: at the tuning runs' late evals the same model is also evaluated at the

@@ -6,13 +6,17 @@ transient, checked, and replaced by the measured curve itself when the form does
 * Transient rule (``TRANSIENT_RULE``): only evals after the learning-rate warmup enter the
   fit (during warmup the loss follows the warmup, not the compute); the anchor stands for
   the start.
+* The transient is measured, not extrapolated (``JoinedCurve``): between the anchor and the
+  first fitted eval the planner follows the run's own evals (a training run starts with the
+  same warmup), then the law. The law alone would be an extrapolation back to the anchor
+  over the stretch where much of the early descent happens, and a plan may switch shape
+  inside it.
 * Checks: the fit must converge, warn of nothing and have no parameter on a bound of its
   box (``fit_info["at_bound"]``). A law that fails is not used silently: the plan uses the
-  run's measured curve instead (``EmpiricalCurve``, monotone, interpolated linearly in
-  log(1 + C / C_1)), and the report says which shapes fell back and why.
+  run's measured curve instead (``EmpiricalCurve``, every eval, monotone, interpolated
+  linearly in log(1 + C / C_1)), and the report says which shapes fell back and why.
 """
 
-import math
 import warnings
 
 import numpy as np
@@ -73,23 +77,64 @@ class EmpiricalCurve:
         return {"law": self.name, "params": self.params(), "fit_info": dict(self.fit_info)}
 
 
+class JoinedCurve:
+    """A law fitted after the transient, with the transient itself measured: from (0, L0)
+    through the transient evals to the law's loss at its first fitted point C_f, the
+    measured curve (``EmpiricalCurve`` of those points, evals at or below that loss left
+    out so that the two pieces meet), then the law from C_f on. Continuous and decreasing;
+    its asymptote is the law's."""
+
+    name = "law after the transient, measured evals before"
+
+    def __init__(self, law, transient_compute, transient_loss, first_fitted, initial_loss):
+        self.law, self.start = law, float(first_fitted)
+        self.joint = float(law.predict(self.start))
+        keep = [(c, l) for c, l in zip(transient_compute, transient_loss) if c < self.start and l > self.joint]
+        self.head = EmpiricalCurve([c for c, _ in keep] + [self.start], [l for _, l in keep] + [self.joint],
+                                   initial_loss)
+        self.c, self.fit_info, self.params = law.c, law.fit_info, law.params
+
+    def predict(self, C):
+        C = np.asarray(C, float)
+        return np.where(C < self.start, self.head.predict(C), self.law.predict(C))
+
+    def inverse(self, L):
+        L = np.asarray(L, float)
+        return np.where(L > self.joint, self.head.inverse(L), self.law.inverse(L))
+
+    def d_inverse(self, L):
+        L = np.asarray(L, float)
+        return np.where(L > self.joint, self.head.d_inverse(L), self.law.d_inverse(L))
+
+
+def _evals(record: dict, keep):
+    rows = sorted((r for r in record["evals"] if keep(r["step"])), key=lambda r: r["compute"])
+    return np.array([r["compute"] for r in rows], float), np.array([r["loss"] for r in rows], float)
+
+
 def law_points(record: dict, warmup_steps: int):
     """(compute, loss) of a run's evals after the transient (``TRANSIENT_RULE``)."""
-    rows = sorted((r for r in record["evals"] if r["step"] > warmup_steps), key=lambda r: r["compute"])
-    return np.array([r["compute"] for r in rows], float), np.array([r["loss"] for r in rows], float)
+    return _evals(record, lambda step: step > warmup_steps)
+
+
+def transient_points(record: dict, warmup_steps: int):
+    """(compute, loss) of a run's evals inside the transient, the step-0 anchor left out."""
+    return _evals(record, lambda step: 0 < step <= warmup_steps)
 
 
 def fit_laws(records: dict, warmup_steps: int):
     """{shape: law for the planner} and {shape: report entry} from each shape's run record
     (``initial`` and ``evals``). A report entry: params, rms_log_residual, at_bound, used
-    ("anchored power law" or "measured curve (fallback)"), and why it fell back."""
+    ("anchored power law" or "measured curve (fallback)"), why it fell back, and
+    ``transient_points``: the evals the planner follows before the law (``JoinedCurve``)."""
     laws, report = {}, {}
     for shape, record in records.items():
         L0 = record["initial"]["loss"]
         compute, loss = law_points(record, warmup_steps)
+        early_compute, early_loss = transient_points(record, warmup_steps)
         entry = {"initial_loss": L0, "n_points": int(len(loss)), "transient_rule": TRANSIENT_RULE,
                  "form": "E(C) = c + (L0 - c) (1 + C/d)^-b", "params": None, "rms_log_residual": None,
-                 "at_bound": None, "used": None, "problem": None}
+                 "at_bound": None, "used": None, "problem": None, "transient_points": int(len(early_loss))}
         law = None
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -108,11 +153,13 @@ def fit_laws(records: dict, warmup_steps: int):
             else:
                 law = fitted
                 entry["used"] = "anchored power law"
+                if len(early_loss):
+                    law = JoinedCurve(fitted, early_compute, early_loss, compute.min(), L0)
         except (ValueError, TypeError) as error:
             entry["problem"] = str(error)
         if law is None:
             try:
-                law = EmpiricalCurve(compute, loss, L0)
+                law = EmpiricalCurve(np.concatenate([early_compute, compute]), np.concatenate([early_loss, loss]), L0)
                 entry["used"] = "measured curve (fallback)"
             except ValueError as error:
                 entry["problem"] = f"{entry['problem']}; no fallback: {error}"
@@ -121,8 +168,3 @@ def fit_laws(records: dict, warmup_steps: int):
         report[shape] = entry
     return laws, report
 
-
-def predicted_rms(law, compute, loss) -> float:
-    """RMS of log(law(C_i)) - log(L_i) (how well a law describes points it was not fitted to)."""
-    pred = np.asarray(law.predict(np.asarray(compute, float)), float)
-    return float(math.sqrt(np.mean((np.log(pred) - np.log(loss)) ** 2)))

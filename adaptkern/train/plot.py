@@ -34,7 +34,7 @@ def plot_demo(summary: dict, laws: dict, path) -> str:
         if grid is not None:
             ax.plot(grid, np.asarray(law.predict(grid), dtype=float), "--", lw=0.9, color=colors.get(shape, "grey"),
                     alpha=0.7)
-    ax.plot([], [], "--", color="grey", lw=0.9, label="law (tuning run)")
+    ax.plot([], [], "--", color="grey", lw=0.9, label="plan's curve (tuning run)")
     for n, run in enumerate(summary["runs"]["adaptive"]):
         compute, loss = curve(run["evals"])
         if len(compute):

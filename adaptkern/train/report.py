@@ -57,12 +57,15 @@ def table(summary: dict) -> str:
     for shape, b in summary["baselines"].items():
         tried = ", ".join(f"{next(iter(t.values()))}: final {t['final_loss']:.4f}" for t in b["tried"])
         lines.append(f"  {shape:<7} chosen {b['chosen']}   tried {tried}")
-    lines.append("laws (anchored at the step-0 loss; fitted after the warmup):")
+    lines.append("laws (anchored at the step-0 loss; fitted after the warmup; the plan follows the measured evals "
+                 "inside the warmup):")
     for shape, law in summary["laws"].items():
         params = ", ".join(f"{k}={v:.3g}" for k, v in (law["params"] or {}).items())
         rms = "-" if law["rms_log_residual"] is None else f"{law['rms_log_residual']:.3f}"
         note = f"  [{law['problem']}]" if law["problem"] else ""
-        lines.append(f"  {shape:<7} {params}  rms log residual {rms}  used: {law['used']}{note}")
+        early = law.get("transient_points")
+        early = f", {early} warmup evals" if early else ""
+        lines.append(f"  {shape:<7} {params}  rms log residual {rms}  used: {law['used']}{early}{note}")
     if summary.get("switch_jumps"):
         lines.append("measured switch jumps: " + ", ".join(f"{k} {v:+.3f}" for k, v in summary["switch_jumps"].items()))
     plan = summary.get("plan")
