@@ -102,6 +102,26 @@ def test_target_entry_savings_and_upper_bounds():
     assert all(v is None for v in early["adaptive_flops"]) and early["savings"]["mean"] is None
 
 
+def test_a_shape_below_the_target_at_its_first_eval_still_counts_as_the_faster_one(seed):
+    """A static run already below the target at its first eval reached it no later than that
+    eval: its shape must not lose the 'best static' rank to a slower shape that merely has an
+    interpolated number on every seed (that would report a saving against the slow shape)."""
+    rng = np.random.default_rng(seed)
+    compute = np.geomspace(1e9, 1e11, 12)
+
+    def run(scale, start=0):
+        return _record(compute[start:], 0.5 + 2.0 * (compute[start:] / (1e9 * scale)) ** -0.3, 3.0)
+
+    fast = [run(0.5 * rng.uniform(0.9, 1.1)) for _ in range(2)] + [run(0.5, start=6)]  # late first eval
+    slow = [run(2.0 * rng.uniform(0.9, 1.1)) for _ in range(3)]
+    target = 1.3
+    assert first_crossing(fast[2]["evals"], target)[1] == "at first eval"
+    entry = target_entry(target, True, {"fast": fast, "slow": slow}, [run(0.5), run(0.5), run(0.5)])
+    assert entry["best_static_shape"] == "fast"
+    assert entry["static_flops"]["fast"][2] is None and entry["savings_per_seed"][2] is None
+    assert entry["savings"]["n"] == 2 and abs(entry["savings"]["mean"]) < 0.15
+
+
 def test_fit_laws_flags_bounds_and_falls_back_to_the_measured_curve(seed):
     rng = np.random.default_rng(seed)
     compute = np.geomspace(1e9, 1e12, 12)

@@ -109,14 +109,17 @@ def _measured(evals, target):
 def target_entry(target: float, headline: bool, static: dict, adaptive: list) -> dict:
     """One entry of the report's ``targets``: static {shape: [records per seed]}, adaptive
     [record per seed]. The best static shape is the one with the least mean FLOPs over the
-    seeds that reached the target (ties and partial reach: more seeds reached wins first);
-    savings per seed = 1 - adaptive / best static, both crossings interpolated alike (a run
-    below the target already at its first eval gives no number: it is only an upper bound)."""
+    seeds that reached the target (ties and partial reach: more seeds reached wins first; a
+    run already below the target at its first eval reached it, and its first eval's FLOPs,
+    an upper bound, stand for its crossing in this ranking only); savings per seed = 1 -
+    adaptive / best static, both crossings interpolated alike (a run below the target
+    already at its first eval gives no number: it is only an upper bound)."""
     static_flops = {s: [_measured(r["evals"], target) for r in runs] for s, runs in static.items()}
     adaptive_flops = [_measured(r["evals"], target) for r in adaptive]
 
     def rank(shape):
-        vals = [v for v in static_flops[shape] if v is not None]
+        vals = [first_crossing(r["evals"], target)[0] for r in static[shape]]
+        vals = [v for v in vals if v is not None]
         return (-len(vals), np.mean(vals) if vals else math.inf)
 
     best = min(static_flops, key=rank)
