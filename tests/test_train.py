@@ -231,6 +231,49 @@ def test_loss_trigger_with_an_eval_shape_reads_the_training_loss_in_eval_units(t
         assert [w["step"] for w in run.switches] == ([expected] if expected is not None else []), name
 
 
+def test_dense_evals_read_the_training_loss_in_eval_units(tmp_path, seed):
+    """dense_below is an eval loss (the demo derives it from the targets): with an eval_shape
+    the check reads the smoothed training loss shifted by its gap to the latest eval, as the
+    loss trigger does (an LM trained at a short context has a training loss far above its
+    eval at the longest context, so the raw loss started the dense evals late). Replayed from
+    a static run with a level that only the shifted loss reaches, or only the unshifted one."""
+    task = vit_task(seed)
+    per_step = train_run(task, ShapeSchedule.static("p8"), config(max_steps=1), tmp_path / "one").compute
+    cfg = config(max_steps=8, seed=seed, smooth_steps=3, eval_shape="p4", eval_points=(0.5 * per_step,))
+    train_run(task, ShapeSchedule.static("p8"), cfg, tmp_path / "probe")
+    smooth = [json.loads(r)["smoothed"] for r in (tmp_path / "probe" / "metrics.jsonl").read_text().splitlines()]
+    (row,) = [json.loads(r) for r in (tmp_path / "probe" / "evals.jsonl").read_text().splitlines()]
+    gap = row["loss"] - smooth[0]
+    level = min(smooth[1:8]) + gap / 2
+
+    def first_dense(shift):  # the check after step s (1-based) reads smooth[s - 1] + the gap of the eval at step 1
+        return next((s for s in range(2, 9) if smooth[s - 1] + shift <= level), None)
+
+    assert (first_dense(gap) is None) != (first_dense(0.0) is None)
+    plain = config(**{**vars(cfg), "eval_shape": None})
+    for name, run_config, shift in (("eval_shape", cfg, gap), ("plain", plain, 0.0)):
+        run_config = RunConfig(**{**vars(run_config), "dense_below": level, "dense_ratio": 1.0001})
+        steps = [e["step"] for e in train_run(task, ShapeSchedule.static("p8"), run_config, tmp_path / name).evals]
+        assert steps[0] == 1 and (steps[1] if len(steps) > 1 else None) == first_dense(shift), name
+
+
+def test_dense_evals_are_at_most_dense_ratio_apart(tmp_path, seed):
+    """Once dense, each eval is at the last step before the compute passes dense_ratio times the
+    last eval's: consecutive evals at most dense_ratio apart where a step is a smaller part of
+    the compute (the earlier rule, eval once past it, let gaps reach the ratio plus a step)."""
+    task = vit_task(seed)
+    ratio = 1.3
+    run = train_run(task, ShapeSchedule.static("p8"), config(max_steps=14, seed=seed, dense_below=1e9,
+                                                               dense_ratio=ratio), tmp_path / "run")
+    per_step = run.compute / 14
+    steps = [e["step"] for e in run.evals]
+    assert [e["compute"] for e in run.evals] == pytest.approx([s * per_step for s in steps], rel=1e-12)
+    assert steps[0] == 1 and len(steps) >= 8
+    for a, b in zip(steps, steps[1:]):
+        assert b + 1 > ratio * a  # not one step later than it had to be
+        assert b == a + 1 or b <= ratio * a  # and never more than the ratio apart, unless one step is more
+
+
 def test_budget_and_target_stop(tmp_path, seed):
     task = vit_task(seed)
     per_step = train_run(task, ShapeSchedule.static("p8"), config(max_steps=1), tmp_path / "probe").compute

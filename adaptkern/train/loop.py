@@ -13,9 +13,10 @@ short cooldown recovers it. Every run here is treated alike, so comparisons stay
 
 Evals: at step 0 (the fresh model's loss, ``RunResult.initial``: the anchor of the laws and
 the plan's start), at the log-spaced points of ``RunConfig.points()``, and, once the
-smoothed training loss is at or below ``dense_below``, whenever the compute has grown by
-``dense_ratio`` since the last eval (so the evals are at most that far apart where the
-targets are crossed). The smoothed training loss is a bias-corrected exponential moving
+smoothed training loss (in the evals' units, as the loss trigger reads it, below) is at or
+below ``dense_below``, at the last step before the compute grows past ``dense_ratio``
+times its value at the last eval (so the evals are at most that far apart where the
+targets are crossed, unless one step is a larger part of the compute). The smoothed training loss is a bias-corrected exponential moving
 average over ``smooth_steps`` steps, reset at every shape switch (it drives loss-triggered
 switches; one host sync per step reads the loss). At a shape switch the model is evaluated
 at the old and the new shape (the measured loss jump, ``RunResult.switches``).
@@ -69,8 +70,11 @@ class RunConfig:
     measure_every_step: count every step under FlopCounterMode instead of once per FLOP
         signature (slow; the tests use it to prove the cache exact).
     lr: a float, or {shape: lr} (every shape the run trains at).
-    dense_below, dense_ratio: extra evals once the smoothed training loss is at or below
-        ``dense_below``, every time the compute has grown by ``dense_ratio``.
+    dense_below, dense_ratio: extra evals once the smoothed training loss, in the evals'
+        units (shifted as for a loss trigger when ``eval_shape`` is set), is at or below
+        ``dense_below`` (an eval loss), at the last step before the compute grows past
+        ``dense_ratio`` times the last eval's (consecutive evals at most that far apart
+        whenever a step is a smaller part of the compute).
     cross_eval_shapes, cross_eval_after: at evals past ``cross_eval_after * budget`` also
         evaluate at these shapes (row["cross"] = {shape: loss}): the loss jump a switch to
         them would cause, measured before any adaptive run.
@@ -286,8 +290,10 @@ def train_run(task, schedule: ShapeSchedule, config: RunConfig, out_dir, *, devi
             while state["next_eval"] < len(points) and state["compute"] >= points[state["next_eval"]]:
                 state["next_eval"] += 1
                 crossed = True
-            if (config.dense_below is not None and smoothed() <= config.dense_below
-                    and state["compute"] >= state["last_eval"] * config.dense_ratio):
+            # dense: evaluate now if the next step (as dear as this one) would take the compute past
+            # dense_ratio times the last eval's, so that no two evals are more than that apart
+            if (config.dense_below is not None and trigger_loss() <= config.dense_below
+                    and state["compute"] + counter.global_flops > state["last_eval"] * config.dense_ratio):
                 crossed = True
             if crossed:
                 eval_shape = config.eval_shape or shape
