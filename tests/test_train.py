@@ -203,12 +203,9 @@ def test_loss_triggered_switch_follows_the_smoothed_training_loss(tmp_path, seed
     assert probe.ledger.total(phase="forward") == never.ledger.total(phase="forward")
 
 
-def test_loss_trigger_with_an_eval_shape_reads_the_training_loss_in_eval_units(tmp_path, seed):
-    """With evals at a fixed eval_shape (the LM's longest context), the plan's loss levels are
-    eval losses: the trigger is the smoothed training loss plus its gap to the eval loss at the
-    latest eval of the segment. Replayed step by step from a static run, with a level that only
-    the shifted loss reaches (or only the unshifted one, when the gap is positive)."""
-    task = vit_task(seed)
+def _eval_shape_probe(task, tmp_path, seed):
+    """A static p8 run of 8 steps evaluated at p4 once, after step 1: (its config, the logged
+    smoothed training loss of every step, the gap eval loss - smoothed loss at that eval)."""
     per_step = train_run(task, ShapeSchedule.static("p8"), config(max_steps=1), tmp_path / "one").compute
     cfg = config(max_steps=8, seed=seed, smooth_steps=3, eval_shape="p4", eval_points=(0.5 * per_step,))
     train_run(task, ShapeSchedule.static("p8"), cfg, tmp_path / "probe")
@@ -218,6 +215,16 @@ def test_loss_trigger_with_an_eval_shape_reads_the_training_loss_in_eval_units(t
     assert row["smoothed_train_loss"] == smooth[0]
     gap = row["loss"] - smooth[0]
     assert gap != 0
+    return cfg, smooth, gap
+
+
+def test_loss_trigger_with_an_eval_shape_reads_the_training_loss_in_eval_units(tmp_path, seed):
+    """With evals at a fixed eval_shape (the LM's longest context), the plan's loss levels are
+    eval losses: the trigger is the smoothed training loss plus its gap to the eval loss at the
+    latest eval of the segment. Replayed step by step from a static run, with a level that only
+    the shifted loss reaches (or only the unshifted one, when the gap is positive)."""
+    task = vit_task(seed)
+    cfg, smooth, gap = _eval_shape_probe(task, tmp_path, seed)
     level = min(smooth[:7]) + gap / 2  # reached by smooth + gap or by smooth (before step 8), never both
 
     def switch_step(shift):  # the first step (0-based) whose trigger reads <= level; the eval is after step 0
@@ -238,12 +245,7 @@ def test_dense_evals_read_the_training_loss_in_eval_units(tmp_path, seed):
     eval at the longest context, so the raw loss started the dense evals late). Replayed from
     a static run with a level that only the shifted loss reaches, or only the unshifted one."""
     task = vit_task(seed)
-    per_step = train_run(task, ShapeSchedule.static("p8"), config(max_steps=1), tmp_path / "one").compute
-    cfg = config(max_steps=8, seed=seed, smooth_steps=3, eval_shape="p4", eval_points=(0.5 * per_step,))
-    train_run(task, ShapeSchedule.static("p8"), cfg, tmp_path / "probe")
-    smooth = [json.loads(r)["smoothed"] for r in (tmp_path / "probe" / "metrics.jsonl").read_text().splitlines()]
-    (row,) = [json.loads(r) for r in (tmp_path / "probe" / "evals.jsonl").read_text().splitlines()]
-    gap = row["loss"] - smooth[0]
+    cfg, smooth, gap = _eval_shape_probe(task, tmp_path, seed)
     level = min(smooth[1:8]) + gap / 2
 
     def first_dense(shift):  # the check after step s (1-based) reads smooth[s - 1] + the gap of the eval at step 1
