@@ -276,6 +276,40 @@ def test_dense_evals_are_at_most_dense_ratio_apart(tmp_path, seed):
         assert b == a + 1 or b <= ratio * a  # and never more than the ratio apart, unless one step is more
 
 
+def test_warmup_evals_measure_the_curve_before_late_log_spaced_points(tmp_path, seed):
+    """Log-spaced points that begin after the warmup (a large budget, small steps) leave the
+    curve unmeasured from the warmup to the first point: the run then evaluates at the first
+    step after the warmup and every time the compute has grown by the points' ratio, until
+    the first point. Points that begin inside the warmup add nothing."""
+    task = vit_task(seed)
+    per_step = train_run(task, ShapeSchedule.static("p8"), config(max_steps=1), tmp_path / "one").compute
+    budget, fraction, n_evals, warmup = 24 * per_step, 0.5, 3, 2
+    ratio = (1 / fraction) ** (1 / (n_evals - 1))
+    late = config(budget=budget, n_evals=n_evals, first_eval_fraction=fraction, warmup_steps=warmup, seed=seed)
+    assert late.warmup_ratio() == pytest.approx(ratio)
+    points = late.points()  # 12, ~17 and 24 steps' compute
+    expected, last = [], 0.0
+    for step in range(1, 25):
+        compute = step * per_step
+        crossed = any(compute >= p > (step - 1) * per_step for p in points)
+        bridge = step > warmup and compute < points[0] and compute >= last * ratio
+        if crossed or bridge:
+            expected.append(step)
+            last = compute
+    assert expected[:3] == [3, 5, 8] and 12 in expected  # the warmup's end, then x ratio
+    run = train_run(task, ShapeSchedule.static("p8"), late, tmp_path / "late")
+    assert [e["step"] for e in run.evals] == expected
+    off = train_run(task, ShapeSchedule.static("p8"), RunConfig(**{**vars(late), "warmup_evals": False}),
+                    tmp_path / "off")
+    assert [e["step"] for e in off.evals] == [s for s in expected if s >= 12]
+    assert [e["loss"] for e in off.evals] == [e["loss"] for e in run.evals if e["step"] >= 12]  # evals change nothing
+    early = RunConfig(**{**vars(late), "warmup_steps": 20})  # the first point comes inside the warmup
+    assert [e["step"] for e in train_run(task, ShapeSchedule.static("p8"), early, tmp_path / "early").evals] == \
+        [s for s in expected if s >= 12]
+    with pytest.raises(TypeError, match="warmup_evals must be a bool"):
+        RunConfig(budget=1, warmup_evals=1)
+
+
 def test_budget_and_target_stop(tmp_path, seed):
     task = vit_task(seed)
     per_step = train_run(task, ShapeSchedule.static("p8"), config(max_steps=1), tmp_path / "probe").compute

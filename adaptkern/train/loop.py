@@ -12,14 +12,16 @@ schedule. (Constant rates lose a little final loss to a cooldown; Hägele et al.
 short cooldown recovers it. Every run here is treated alike, so comparisons stay fair.)
 
 Evals: at step 0 (the fresh model's loss, ``RunResult.initial``: the anchor of the laws and
-the plan's start), at the log-spaced points of ``RunConfig.points()``, and, once the
-smoothed training loss (in the evals' units, as the loss trigger reads it, below) is at or
-below ``dense_below``, at the last step before the compute grows past ``dense_ratio``
-times its value at the last eval (so the evals are at most that far apart where the
-targets are crossed, unless one step is a larger part of the compute). The smoothed training loss is a bias-corrected exponential moving
-average over ``smooth_steps`` steps, reset at every shape switch (it drives loss-triggered
-switches; one host sync per step reads the loss). At a shape switch the model is evaluated
-at the old and the new shape (the measured loss jump, ``RunResult.switches``).
+the plan's start), at the log-spaced points of ``RunConfig.points()`` (and, when those begin
+only after the warmup, from the warmup's end on at their own ratio:
+``RunConfig.warmup_evals``), and, once the smoothed training loss (in the evals' units, as
+the loss trigger reads it, below) is at or below ``dense_below``, at the last step before
+the compute grows past ``dense_ratio`` times its value at the last eval (so the evals are at
+most that far apart where the targets are crossed, unless one step is a larger part of the
+compute). The smoothed training loss is a bias-corrected exponential moving average over
+``smooth_steps`` steps, reset at every shape switch (it drives loss-triggered switches; one
+host sync per step reads the loss). At a shape switch the model is evaluated at the old and
+the new shape (the measured loss jump, ``RunResult.switches``).
 
 Loss triggers compare like with like. With ``eval_shape`` set, evals score another quantity
 than the training loss (the LM's every context scored at the longest one, where a plan's
@@ -46,7 +48,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .._checks import check_int, validation
+from .._checks import check_bool, check_int, validation
 from ..flops import FlopLedger
 from . import checkpoint, distributed
 from .evaluate import evaluate
@@ -63,6 +65,11 @@ class RunConfig:
     budget: training FLOPs (exact, summed over ranks) after which the run stops.
     eval_points: training-compute levels at which to evaluate (default: ``n_evals``
         log-spaced from ``first_eval_fraction * budget`` to ``budget``).
+    warmup_evals: with log-spaced evals (no ``eval_points``) that begin only after the
+        learning-rate warmup has ended (a large budget, small steps), also evaluate at the
+        first step after the warmup and whenever the compute has grown by the log-spaced
+        points' own ratio, until the first point: the curve is measured from the warmup
+        on, whatever the budget (the demo's laws and plan read it there).
     eval_shape: score every eval at this shape (None: the shape being trained); loss
         triggers then read the training loss shifted to the evals' units.
     stop_at_loss: also stop after the first eval at or below this loss.
@@ -90,6 +97,7 @@ class RunConfig:
     n_evals: int = 12
     first_eval_fraction: float = 0.01
     eval_points: Optional[tuple] = None
+    warmup_evals: bool = True
     eval_shape: Optional[str] = None
     dense_below: Optional[float] = None
     dense_ratio: float = 1.1
@@ -130,12 +138,19 @@ class RunConfig:
         number("weight_decay", self.weight_decay, low=0)
         number("grad_clip", self.grad_clip, low=0, optional=True)
         number("first_eval_fraction", self.first_eval_fraction, low=0, high=1, low_open=True)
+        check_bool("RunConfig", "warmup_evals", self.warmup_evals)
         for point in self.eval_points or ():
             number("eval_points", point, low=0)
         number("dense_below", self.dense_below, optional=True)
         number("dense_ratio", self.dense_ratio, low=1, low_open=True)
         number("cross_eval_after", self.cross_eval_after, low=0, high=1)
         number("stop_at_loss", self.stop_at_loss, optional=True)
+
+    def warmup_ratio(self) -> Optional[float]:
+        """The log-spaced points' ratio, which spaces the ``warmup_evals`` (None: none)."""
+        if not self.warmup_evals or self.eval_points is not None or self.n_evals < 2:
+            return None
+        return float((1.0 / self.first_eval_fraction) ** (1.0 / (self.n_evals - 1)))
 
     def points(self) -> list:
         if self.eval_points is not None:
@@ -221,6 +236,7 @@ def train_run(task, schedule: ShapeSchedule, config: RunConfig, out_dir, *, devi
     bar = _progress(config, state["compute"], schedule) if distributed.is_main() else None
     started = time.perf_counter() - state["seconds"]
     last_saved = state["step"]
+    warmup_ratio = config.warmup_ratio()
     decay = 1.0 - 1.0 / max(config.smooth_steps, 1)
 
     def run_eval(shape, with_error=False):
@@ -295,6 +311,9 @@ def train_run(task, schedule: ShapeSchedule, config: RunConfig, out_dir, *, devi
             if (config.dense_below is not None and trigger_loss() <= config.dense_below
                     and state["compute"] + counter.global_flops > state["last_eval"] * config.dense_ratio):
                 crossed = True
+            if (warmup_ratio is not None and state["next_eval"] == 0 and state["step"] > config.warmup_steps
+                    and state["compute"] >= state["last_eval"] * warmup_ratio):
+                crossed = True  # the warmup is over before the first log-spaced point
             if crossed:
                 eval_shape = config.eval_shape or shape
                 loss_eval, stderr = run_eval(eval_shape, with_error=True)
