@@ -306,6 +306,7 @@ def test_warmup_evals_measure_the_curve_before_late_log_spaced_points(tmp_path, 
     early = RunConfig(**{**vars(late), "warmup_steps": 20})  # the first point comes inside the warmup
     assert [e["step"] for e in train_run(task, ShapeSchedule.static("p8"), early, tmp_path / "early").evals] == \
         [s for s in expected if s >= 12]
+    assert RunConfig(budget=1, first_eval_fraction=1.0, n_evals=3).warmup_ratio() is None  # not every step
     with pytest.raises(TypeError, match="warmup_evals must be a bool"):
         RunConfig(budget=1, warmup_evals=1)
 

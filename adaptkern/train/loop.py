@@ -147,8 +147,9 @@ class RunConfig:
         number("stop_at_loss", self.stop_at_loss, optional=True)
 
     def warmup_ratio(self) -> Optional[float]:
-        """The log-spaced points' ratio, which spaces the ``warmup_evals`` (None: none)."""
-        if not self.warmup_evals or self.eval_points is not None or self.n_evals < 2:
+        """The log-spaced points' ratio, which spaces the ``warmup_evals`` (None: none, also
+        when every point is at the budget, ``first_eval_fraction`` 1)."""
+        if not self.warmup_evals or self.eval_points is not None or self.n_evals < 2 or self.first_eval_fraction >= 1:
             return None
         return float((1.0 / self.first_eval_fraction) ** (1.0 / (self.n_evals - 1)))
 
