@@ -99,11 +99,16 @@ def spread(values) -> dict:
     return {"mean": float(np.mean(vals)), "min": float(min(vals)), "max": float(max(vals)), "n": len(vals)}
 
 
-def _measured(evals, target):
-    """A crossing that can be compared: None when not reached, and None when the run was
-    already below the target at its first eval (then the number is only an upper bound)."""
-    compute, how = first_crossing(evals, target)
+def _comparable(compute, how):
+    """A crossing (``first_crossing``'s pair) that can be compared: None when not reached, and
+    None when the run was already below the target at its first eval (then the number is
+    only an upper bound)."""
     return compute if how == "interpolated" else None
+
+
+def _measured(evals, target):
+    """The comparable crossing of ``target`` by an eval history (see ``_comparable``)."""
+    return _comparable(*first_crossing(evals, target))
 
 
 def target_entry(target: float, headline: bool, static: dict, adaptive: list) -> dict:
@@ -114,12 +119,12 @@ def target_entry(target: float, headline: bool, static: dict, adaptive: list) ->
     an upper bound, stand for its crossing in this ranking only); savings per seed = 1 -
     adaptive / best static, both crossings interpolated alike (a run below the target
     already at its first eval gives no number: it is only an upper bound)."""
-    static_flops = {s: [_measured(r["evals"], target) for r in runs] for s, runs in static.items()}
+    crossings = {s: [first_crossing(r["evals"], target) for r in runs] for s, runs in static.items()}
+    static_flops = {s: [_comparable(*c) for c in runs] for s, runs in crossings.items()}
     adaptive_flops = [_measured(r["evals"], target) for r in adaptive]
 
     def rank(shape):
-        vals = [first_crossing(r["evals"], target)[0] for r in static[shape]]
-        vals = [v for v in vals if v is not None]
+        vals = [compute for compute, _ in crossings[shape] if compute is not None]
         return (-len(vals), np.mean(vals) if vals else math.inf)
 
     best = min(static_flops, key=rank)
