@@ -1,13 +1,14 @@
 """Input validation shared by every op. Each error names the op, the argument and what
-was expected. Checks of *values* held in device tensors (cu_seqlens) cost one host sync
-per call; ``ADAPTKERN_VALIDATE=0`` or ``adaptkern.set_validation(False)`` turns them off
-(``with validation(False):`` for one block), and they are skipped while torch.compile
-traces or a CUDA graph is captured.
+was expected. Checks of *values* held in device tensors (cu_seqlens) cost one host sync,
+once per tensor while it is unchanged (:class:`_ValidatedIndex`); ``ADAPTKERN_VALIDATE=0``
+or ``adaptkern.set_validation(False)`` turns them off (``with validation(False):`` for one
+block), and they are skipped while torch.compile traces or a CUDA graph is captured.
 """
 
 import contextlib
 import numbers
 import os
+import weakref
 
 import torch
 
@@ -109,8 +110,58 @@ def check_cu_seqlens(
     if max_seqlen is not None and not isinstance(max_seqlen, torch.SymInt):
         check_int(op, max_seqlen_name, max_seqlen, minimum=0)
     if value_checks_enabled(cu_seqlens):
-        _check_cu_values(op, name, cu_seqlens, total, total_name, max_seqlen, max_seqlen_name)
+        bounds = (_plain_int(total), _plain_int(max_seqlen))
+        if not _VALIDATED.holds(cu_seqlens, bounds):
+            _check_cu_values(op, name, cu_seqlens, total, total_name, max_seqlen, max_seqlen_name)
+            _VALIDATED.add(cu_seqlens, bounds)
     return cu_seqlens.numel() - 1
+
+
+def _plain_int(value):
+    return None if value is None or isinstance(value, torch.SymInt) else int(value)
+
+
+class _ValidatedIndex:
+    """cu_seqlens tensors whose values passed the checks, with the (total, max_seqlen) they
+    were checked against, while the tensor lives and is unchanged: a model passes the same
+    cu_seqlens to every layer, so only its first call reads them (one host sync per step on
+    a GPU, not one per layer). "Unchanged" is the tensor's version counter, which every
+    in-place torch op bumps; writes that bypass torch (a NumPy view, a raw pointer) are not
+    seen. Inference tensors have no version counter and are checked on every call."""
+
+    def __init__(self, size: int = 64):
+        self.size, self.entries = size, {}  # id -> (weakref, version, {bounds})
+
+    def holds(self, tensor, bounds) -> bool:
+        entry = self.entries.get(id(tensor))
+        if entry is None or entry[0]() is not tensor:
+            return False
+        try:
+            return entry[1] == tensor._version and bounds in entry[2]
+        except RuntimeError:  # an inference tensor
+            return False
+
+    def add(self, tensor, bounds) -> None:
+        try:
+            version = tensor._version
+            ref = weakref.ref(tensor, lambda dead, key=id(tensor): self._drop(key, dead))
+        except (RuntimeError, TypeError):  # no version counter / not weak-referenceable
+            return
+        entry = self.entries.get(id(tensor))
+        if entry is not None and entry[0]() is tensor and entry[1] == version:
+            entry[2].add(bounds)
+            return
+        if len(self.entries) >= self.size:
+            self.entries.pop(next(iter(self.entries)))  # the oldest
+        self.entries[id(tensor)] = (ref, version, {bounds})
+
+    def _drop(self, key, ref):
+        entry = self.entries.get(key)
+        if entry is not None and entry[0] is ref:
+            del self.entries[key]
+
+
+_VALIDATED = _ValidatedIndex()
 
 
 def _check_cu_values(op, name, cu_seqlens, total, total_name, max_seqlen, max_seqlen_name):

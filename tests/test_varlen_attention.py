@@ -371,13 +371,49 @@ def test_self_attention_reads_cu_seqlens_once(monkeypatch):
     ak.varlen_attention(q, k, v, cu, cu, max_seqlen, max_seqlen)
     assert checked == ["cu_seqlens_q"]
     checked.clear()
-    ak.varlen_attention(q, k, v, cu, cu.clone(), max_seqlen, max_seqlen)
+    other = cu.clone()
+    ak.varlen_attention(q, k, v, other, other.clone(), max_seqlen, max_seqlen)
     assert checked == ["cu_seqlens_q", "cu_seqlens_k"]
     # The same tensor against other totals or bounds is still checked as cu_seqlens_k.
     with pytest.raises(ValueError, match=r"cu_seqlens_k\[-1\]=8 must equal k.shape\[0\]=7"):
         ak.varlen_attention(q, k[:7], v[:7], cu, cu, max_seqlen, max_seqlen)
     with pytest.raises(ValueError, match="max_seqlen_k=4 is smaller than the longest sequence in cu_seqlens_k"):
         ak.varlen_attention(q, k, v, cu, cu, max_seqlen, 4)
+
+
+def test_cu_seqlens_values_are_read_once_per_tensor_while_it_is_unchanged(monkeypatch):
+    # A model passes the same cu_seqlens to every layer: only the first call reads its values
+    # (a host sync on a GPU); an in-place change, other bounds or another tensor read them again.
+    monkeypatch.setenv("ADAPTKERN_VALIDATE", "1")
+    checked = []
+    check_values = _checks._check_cu_values
+    monkeypatch.setattr(_checks, "_check_cu_values",
+                        lambda op, name, *args: checked.append(name) or check_values(op, name, *args))
+    q, k, v, cu, _, max_seqlen, _ = make_batch([3, 0, 5], [3, 0, 5], 2, 1, 8, torch.float32)
+    for _ in range(3):
+        ak.varlen_attention(q, k, v, cu, cu, max_seqlen, max_seqlen)
+    assert checked == ["cu_seqlens_q"]
+    ak.varlen_attention(q, k, v, cu, cu, max_seqlen + 1, max_seqlen + 1)  # other bounds: read again
+    ak.varlen_attention(q, k, v, cu, cu, max_seqlen, max_seqlen)  # both bounds now known
+    assert checked == ["cu_seqlens_q"] * 2
+    cu[1] = 4  # in place: the version counter moves, the values are read again and refused
+    with pytest.raises(ValueError, match=r"cu_seqlens_q must be non-decreasing, but cu_seqlens_q\[2\]=3 < "):
+        ak.varlen_attention(q, k, v, cu, cu, max_seqlen, max_seqlen)
+    with pytest.raises(ValueError, match="must be non-decreasing"):  # a refused tensor is not remembered
+        ak.varlen_attention(q, k, v, cu, cu, max_seqlen, max_seqlen)
+    cu[1] = 3
+    checked.clear()
+    ak.varlen_attention(q, k, v, cu, cu, max_seqlen, max_seqlen)
+    assert checked == ["cu_seqlens_q"]
+    entries = len(_checks._VALIDATED.entries)
+    del cu
+    assert len(_checks._VALIDATED.entries) == entries - 1  # forgotten with the tensor
+    with torch.inference_mode():  # no version counter: read on every call
+        cu = torch.tensor([0, 3, 3, 8], dtype=torch.int32)
+        checked.clear()
+        ak.varlen_attention(q, k, v, cu, cu, max_seqlen, max_seqlen)
+        ak.varlen_attention(q, k, v, cu, cu, max_seqlen, max_seqlen)
+    assert checked == ["cu_seqlens_q"] * 2
 
 
 def test_default_backend_runs_float64_on_the_reference(monkeypatch):
