@@ -30,6 +30,20 @@ ENV_VAR = "ADAPTKERN_BACKEND"
 _ENVIRONMENT = {}
 
 
+# torch.amp.is_autocast_available per device type. Torch 2.11's Dynamo cannot trace it (an
+# op calling it under torch.compile(fullgraph=True) failed there), so the device types a
+# traced op meets are asked once, here, outside any trace.
+_AUTOCAST_AVAILABLE = {kind: torch.amp.is_autocast_available(kind) for kind in ("cpu", "cuda", "meta")}
+
+
+def autocast_available(device_type: str) -> bool:
+    """Whether autocast exists for ``device_type`` (meta: no), remembered per type."""
+    known = _AUTOCAST_AVAILABLE.get(device_type)
+    if known is None:
+        known = _AUTOCAST_AVAILABLE[device_type] = torch.amp.is_autocast_available(device_type)
+    return known
+
+
 @torch.compiler.assume_constant_result
 def _triton_state():
     """(importable, interpreting, reason) for Triton, computed once."""

@@ -360,13 +360,20 @@ def test_bad_input_names_the_argument():
     raises(ValueError, "backend must be one of", q, k, v, cu_q, cu_k, max_q, max_k, backend="flash")
 
 
-def test_self_attention_reads_cu_seqlens_once(monkeypatch):
-    # cu_seqlens_k is cu_seqlens_q: one value check (one host sync), not two.
+@pytest.fixture
+def value_checks(monkeypatch):
+    """Value checks on; the names of the cu_seqlens arguments whose values each call reads."""
     monkeypatch.setenv("ADAPTKERN_VALIDATE", "1")
     checked = []
     check_values = _checks._check_cu_values
     monkeypatch.setattr(_checks, "_check_cu_values",
                         lambda op, name, *args: checked.append(name) or check_values(op, name, *args))
+    return checked
+
+
+def test_self_attention_reads_cu_seqlens_once(value_checks):
+    # cu_seqlens_k is cu_seqlens_q: one value check (one host sync), not two.
+    checked = value_checks
     q, k, v, cu, _, max_seqlen, _ = make_batch([3, 0, 5], [3, 0, 5], 2, 1, 8, torch.float32)
     ak.varlen_attention(q, k, v, cu, cu, max_seqlen, max_seqlen)
     assert checked == ["cu_seqlens_q"]
@@ -381,14 +388,10 @@ def test_self_attention_reads_cu_seqlens_once(monkeypatch):
         ak.varlen_attention(q, k, v, cu, cu, max_seqlen, 4)
 
 
-def test_cu_seqlens_values_are_read_once_per_tensor_while_it_is_unchanged(monkeypatch):
+def test_cu_seqlens_values_are_read_once_per_tensor_while_it_is_unchanged(value_checks):
     # A model passes the same cu_seqlens to every layer: only the first call reads its values
     # (a host sync on a GPU); an in-place change, other bounds or another tensor read them again.
-    monkeypatch.setenv("ADAPTKERN_VALIDATE", "1")
-    checked = []
-    check_values = _checks._check_cu_values
-    monkeypatch.setattr(_checks, "_check_cu_values",
-                        lambda op, name, *args: checked.append(name) or check_values(op, name, *args))
+    checked = value_checks
     q, k, v, cu, _, max_seqlen, _ = make_batch([3, 0, 5], [3, 0, 5], 2, 1, 8, torch.float32)
     for _ in range(3):
         ak.varlen_attention(q, k, v, cu, cu, max_seqlen, max_seqlen)

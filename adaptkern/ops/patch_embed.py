@@ -331,7 +331,7 @@ def _check_divisible(op, name, height, width, patch_h, patch_w):
 def _prepare(op, dtype, device, weight, bias, patch, interpolation, antialias, backend):
     """Backend name, compute dtype, and the resized weight and bias in that dtype."""
     # meta (and other devices without autocast) raise in is_autocast_enabled: ask first.
-    if (dtype != torch.float64 and torch.amp.is_autocast_available(device.type)
+    if (dtype != torch.float64 and _backend.autocast_available(device.type)
             and torch.is_autocast_enabled(device.type)):
         dtype = torch.get_autocast_dtype(device.type)
     name = _backend.resolve_backend(backend, device, op=op, gpu_preference=("triton", "cuda"), cuda_supported=True)

@@ -15,6 +15,7 @@ import contextlib
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
+from .. import _backend
 from .._checks import check_bool, check_int, check_tensor
 from ..flops.patch_embed import resize_flops
 from ..reference import patch_embed as reference
@@ -124,7 +125,7 @@ def _resize(x, old_size, new_size, interpolation, antialias, adjoint):
     out_size = old_size if adjoint else new_size
     flat = x.to(dtype)
     # Autocast would run the products in 16 bits; devices without autocast (meta) need no guard.
-    with (torch.autocast(x.device.type, enabled=False) if torch.amp.is_autocast_available(x.device.type)
+    with (torch.autocast(x.device.type, enabled=False) if _backend.autocast_available(x.device.type)
           else contextlib.nullcontext()):
         if factors is None:
             matrix = cached_pi_resize_matrix(old_size, new_size, interpolation, antialias, x.device, dtype)
