@@ -303,3 +303,31 @@ def test_static_audit_cli_names_a_bad_arch(capsys):
 
     assert main(["bench", "--static", "--arch", "75"]) == 2
     assert "argument --arch: invalid choice: 75" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("has_gqa", [True, False])
+def test_torch_varlen_peer_follows_the_signature_of_this_torchs_varlen_attn(monkeypatch, has_gqa):
+    """torch 2.13's varlen_attn takes enable_gqa, 2.11's does not: without it the peer runs the
+    other cases with the arguments that torch takes and skips GQA with a note, rather than
+    failing on an unknown keyword."""
+    varlen = pytest.importorskip("torch.nn.attention.varlen")
+    from adaptkern.bench import varlen_attention as va
+
+    calls = []
+
+    def torch_2_11(q, k, v, cu_q, cu_k, max_q, max_k, *, window_size=(-1, -1)):
+        calls.append({"window_size": window_size})
+        return q
+
+    def torch_2_13(q, k, v, cu_q, cu_k, max_q, max_k, *, window_size=(-1, -1), enable_gqa=None):
+        calls.append({"window_size": window_size} | ({} if enable_gqa is None else {"enable_gqa": enable_gqa}))
+        return q
+    monkeypatch.setattr(varlen, "varlen_attn", torch_2_13 if has_gqa else torch_2_11)
+    cu, x = torch.tensor([0, 3], dtype=torch.int32), torch.zeros(3, 2, 8)
+    fn, note = va._torch_varlen(cu, 3, True, False)
+    assert note is None and fn(x, x, x) is x and calls == [{"window_size": (-1, 0)}]
+    fn, note = va._torch_varlen(cu, 3, False, True)
+    if has_gqa:
+        assert note is None and fn(x, x, x) is x and calls[-1] == {"window_size": (-1, -1), "enable_gqa": True}
+    else:
+        assert fn is None and "no enable_gqa" in note and len(calls) == 1

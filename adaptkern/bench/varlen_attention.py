@@ -25,6 +25,8 @@ adds the 2.5x backward), so padded work shows as lower throughput. The adaptkern
 ``speedup_vs`` maps each peer to peer_ms / adaptkern_ms (> 1: adaptkern is faster).
 """
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 
@@ -92,8 +94,13 @@ def _torch_varlen(cu, longest, causal, enable_gqa):
         varlen_attn = None
     if varlen_attn is not None:
         window = (-1, 0) if causal else (-1, -1)
+        # torch 2.11's varlen_attn has no enable_gqa (2.13's has): GQA cases have no peer there.
+        if not enable_gqa:
+            return (lambda q, k, v: varlen_attn(q, k, v, cu, cu, longest, longest, window_size=window)), None
+        if "enable_gqa" not in inspect.signature(varlen_attn).parameters:
+            return None, "this torch's varlen_attn has no enable_gqa"
         return (lambda q, k, v: varlen_attn(q, k, v, cu, cu, longest, longest, window_size=window,
-                                            enable_gqa=enable_gqa)), None
+                                            enable_gqa=True)), None
     flash = getattr(torch.ops.aten, "_flash_attention_forward", None)
     if flash is None:
         return None, "neither torch.nn.attention.varlen nor aten._flash_attention_forward in this torch"
