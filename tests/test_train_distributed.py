@@ -67,13 +67,18 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path, seed):
     p_ddp = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)["model"]
     p_single = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=False)["model"]
     dim = MODEL["dim"]
+    # Adam divides each gradient by its own running size, so a parameter whose gradient is a
+    # small sum of cancelling terms (rounded differently over two ranks than in one process)
+    # moves by about lr x that sum's relative rounding error more or less: 1.7e-6 = lr x 9e-4
+    # once (torch 2.11, ADAPTKERN_TEST_SEED=1655131172). A wrong gradient moves it by ~lr.
+    atol = 1e-2 * _config(seed, eval_points).lr
     for key in p_single:
         a, b = p_ddp[key], p_single[key]
         if key.endswith("attn.qkv.bias"):
             # The key bias cancels in the softmax: its gradient is rounding noise that Adam
             # blows up to +-lr steps of either sign. Compare the query and value biases.
             a, b = torch.cat([a[:dim], a[2 * dim:]]), torch.cat([b[:dim], b[2 * dim:]])
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=key)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=atol, msg=key)
 
 
 class _UnevenTask:
