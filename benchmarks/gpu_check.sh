@@ -6,7 +6,8 @@
 #
 # 1. installs adaptkern without dependencies, building the CUDA extension
 #    (pip install --no-deps --no-build-isolation -e .; falls back to no extension on failure),
-# 2. runs the tests marked `gpu` and the Triton kernel tests (`interpret`) on CUDA,
+# 2. runs the tests marked `gpu` and the Triton kernel tests (`interpret`) on CUDA, in
+#    TEST_SHARDS parallel pytest processes (default: half the cores, at most 8),
 # 3. runs `adaptkern bench --quick`,
 # and leaves the logs, the results JSON, its PNG and summary.md in RESULTS_DIR (default: $OUT
 # when set, else benchmarks/results/gpu-check-<time>). Every stage has its own time limit, so
@@ -16,6 +17,7 @@
 #
 # Environment: PYTHON (default python3), INSTALL_TIMEOUT / FALLBACK_TIMEOUT / TEST_TIMEOUT /
 # BENCH_TIMEOUT (seconds; default 140 / 80 / 170 / 160), TEST_MARKERS (default "gpu or interpret"),
+# TEST_SHARDS (default half the cores, at most 8),
 # PYTEST_ARGS (extra pytest arguments), SKIP_INSTALL=1 (use the installed adaptkern),
 # ALLOW_CPU=1 (run without a GPU: exercises this script; the bench then runs its CPU suite).
 set -u -o pipefail
@@ -27,6 +29,8 @@ FALLBACK_TIMEOUT=${FALLBACK_TIMEOUT:-80}
 TEST_TIMEOUT=${TEST_TIMEOUT:-170}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-160}
 TEST_MARKERS=${TEST_MARKERS:-gpu or interpret}
+CORES=$(nproc 2>/dev/null || echo 2)
+TEST_SHARDS=${TEST_SHARDS:-$(( CORES / 2 > 8 ? 8 : (CORES / 2 < 1 ? 1 : CORES / 2) ))}
 export PYTHONUNBUFFERED=1
 
 if [ ! -f pyproject.toml ] || [ ! -d adaptkern ]; then
@@ -114,8 +118,11 @@ ADDOPTS=()
 if ! "$PY" -c 'import pytest_benchmark' 2>/dev/null; then
     ADDOPTS=(-o 'addopts=-ra --strict-markers')
 fi
-stage "tests -m '$TEST_MARKERS'" "$TEST_TIMEOUT" "$DIR/tests.log" \
-    "$PY" -m pytest tests -m "$TEST_MARKERS" -q -rfEs -p no:cacheprovider ${ADDOPTS[@]+"${ADDOPTS[@]}"} ${PYTEST_ARGS:-}
+#    In TEST_SHARDS pytest processes at once (benchmarks/gpu_test_shards.sh says why: the
+#    Triton compiles of first launches), each under TEST_TIMEOUT less 10 s.
+stage "tests -m '$TEST_MARKERS' ($TEST_SHARDS shards)" "$TEST_TIMEOUT" "$DIR/tests.log" \
+    env PYTHON="$PY" bash benchmarks/gpu_test_shards.sh "$DIR" $((TEST_TIMEOUT - 10)) "$TEST_SHARDS" \
+    "$TEST_MARKERS" ${ADDOPTS[@]+"${ADDOPTS[@]}"} ${PYTEST_ARGS:-}
 
 # 3. The quick benchmark: results JSON (saved after every case, so a time-out keeps what ran)
 #    and PNG land in $DIR.

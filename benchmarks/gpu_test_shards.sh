@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The GPU check's test stage, in parallel shards (called by benchmarks/gpu_check.sh):
+#
+#     bash benchmarks/gpu_test_shards.sh LOG_DIR LIMIT_SECONDS SHARDS MARKERS [PYTEST_ARG...]
+#
+# On a GPU every Triton kernel specialization the tests launch is compiled once, on first
+# launch: the kernel tests launch about 250 distinct ones (counted under the interpreter,
+# 2026-12-07: kernel, constexprs, dtypes, alignment), a few seconds each, which one pytest
+# process compiles one after another. So the selected tests are dealt round-robin into
+# SHARDS pytest processes that run at once (they share the GPU and Triton's on-disk cache).
+# Each shard runs under LIMIT_SECONDS and logs to LOG_DIR/tests-<i>.log; this prints every
+# shard's summary and exits 0 only if every shard passed (pytest's exit 5, nothing
+# collected, counts as a failure).
+set -u -o pipefail
+
+DIR=$1 LIMIT=$2 SHARDS=$3 MARKERS=$4
+shift 4
+PY=${PYTHON:-python3}
+# Each shard mostly waits on Triton compiles and the GPU: two CPU threads each, not all cores.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+
+mapfile -t IDS < <("$PY" -m pytest tests -m "$MARKERS" --collect-only -q -p no:cacheprovider "$@" 2>"$DIR/collect.err" |
+                   grep '::')
+echo "collected ${#IDS[@]} tests (-m '$MARKERS'), $SHARDS shards, ${LIMIT}s each"
+if [ "${#IDS[@]}" -eq 0 ]; then
+    echo "no tests collected; see $DIR/collect.err" >&2
+    exit 5
+fi
+[ "$SHARDS" -ge 1 ] || SHARDS=1
+[ "$SHARDS" -le "${#IDS[@]}" ] || SHARDS=${#IDS[@]}
+
+PIDS=()
+for ((s = 0; s < SHARDS; s++)); do
+    SHARD=()
+    for ((i = s; i < ${#IDS[@]}; i += SHARDS)); do
+        SHARD+=("${IDS[$i]}")
+    done
+    timeout -k 5 "$LIMIT" "$PY" -m pytest -q -rfEs -p no:cacheprovider "$@" "${SHARD[@]}" \
+        >"$DIR/tests-$s.log" 2>&1 &
+    PIDS+=($!)
+done
+
+STATUS=0
+for ((s = 0; s < SHARDS; s++)); do
+    wait "${PIDS[$s]}"
+    rc=$?
+    case $rc in
+        0) verdict=passed ;;
+        124 | 137) verdict="TIMED OUT after ${LIMIT}s" ;;
+        *) verdict="FAILED (exit $rc)" ;;
+    esac
+    [ "$rc" -eq 0 ] || STATUS=1
+    echo "shard $s: $verdict: $(grep -E '(passed|failed|error|skipped|no tests ran)' "$DIR/tests-$s.log" | tail -n 1)"
+done
+for ((s = 0; s < SHARDS; s++)); do
+    grep -E '^(FAILED|ERROR) ' "$DIR/tests-$s.log"
+done
+exit "$STATUS"
