@@ -7,7 +7,7 @@
 # 1. installs adaptkern without dependencies, building the CUDA extension
 #    (pip install --no-deps --no-build-isolation -e .; falls back to no extension on failure),
 # 2. runs the tests marked `gpu` and the Triton kernel tests (`interpret`) on CUDA, in
-#    TEST_SHARDS parallel pytest processes (default: half the cores, at most 8),
+#    TEST_SHARDS parallel pytest processes (default: half the cores, at most 8; see that script),
 # 3. runs `adaptkern bench --quick`,
 # and leaves the logs, the results JSON, its PNG and summary.md in RESULTS_DIR (default: $OUT
 # when set, else benchmarks/results/gpu-check-<time>). Every stage has its own time limit, so

@@ -4,10 +4,12 @@
 #     bash benchmarks/gpu_test_shards.sh LOG_DIR LIMIT_SECONDS SHARDS MARKERS [PYTEST_ARG...]
 #
 # On a GPU every Triton kernel specialization the tests launch is compiled once, on first
-# launch: the kernel tests launch about 250 distinct ones (counted under the interpreter,
-# 2026-12-07: kernel, constexprs, dtypes, alignment), a few seconds each, which one pytest
-# process compiles one after another. So the selected tests are dealt round-robin into
-# SHARDS pytest processes that run at once (they share the GPU and Triton's on-disk cache).
+# launch: the kernel tests launch 415 distinct ones (counted under the interpreter on
+# 2026-12-07 by kernel, constexprs, dtypes, pointer alignment and Triton's int
+# specialisation; 315 by constexprs and dtypes alone), seconds each (compiling 16 for sm_90
+# took 74 s on the 2-core dev machine), which one pytest process would compile one after
+# another. So the selected tests are cut into SHARDS contiguous slices, run by as many
+# pytest processes at once (they share the GPU and Triton's on-disk cache).
 # Each shard runs under LIMIT_SECONDS and logs to LOG_DIR/tests-<i>.log; this prints every
 # shard's summary and exits 0 only if every shard passed (pytest's exit 5, nothing
 # collected, counts as a failure).
@@ -19,22 +21,25 @@ PY=${PYTHON:-python3}
 # Each shard mostly waits on Triton compiles and the GPU: two CPU threads each, not all cores.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
-mapfile -t IDS < <("$PY" -m pytest tests -m "$MARKERS" --collect-only -q -p no:cacheprovider "$@" 2>"$DIR/collect.err" |
-                   grep '::')
-echo "collected ${#IDS[@]} tests (-m '$MARKERS'), $SHARDS shards, ${LIMIT}s each"
-if [ "${#IDS[@]}" -eq 0 ]; then
-    echo "no tests collected; see $DIR/collect.err" >&2
-    exit 5
+"$PY" -m pytest tests -m "$MARKERS" --collect-only -q -p no:cacheprovider "$@" >"$DIR/collect.log" 2>&1
+rc=$?
+if [ "$rc" -ne 0 ]; then  # 5: nothing selected; else an error (it may still have listed tests)
+    echo "collecting the tests failed (exit $rc):" >&2
+    tail -n 5 "$DIR/collect.log" >&2
+    exit "$rc"
 fi
+mapfile -t IDS < <(grep '::' "$DIR/collect.log")
+echo "collected ${#IDS[@]} tests (-m '$MARKERS'), $SHARDS shards, ${LIMIT}s each"
 [ "$SHARDS" -ge 1 ] || SHARDS=1
 [ "$SHARDS" -le "${#IDS[@]}" ] || SHARDS=${#IDS[@]}
 
 PIDS=()
 for ((s = 0; s < SHARDS; s++)); do
-    SHARD=()
-    for ((i = s; i < ${#IDS[@]}; i += SHARDS)); do
-        SHARD+=("${IDS[$i]}")
-    done
+    # Contiguous slices, not round-robin: neighbouring tests launch the same kernels, and a
+    # specialization is compiled once per process that launches it.
+    FIRST=$(( s * ${#IDS[@]} / SHARDS ))
+    LAST=$(( (s + 1) * ${#IDS[@]} / SHARDS ))
+    SHARD=("${IDS[@]:$FIRST:$((LAST - FIRST))}")
     timeout -k 5 "$LIMIT" "$PY" -m pytest -q -rfEs -p no:cacheprovider "$@" "${SHARD[@]}" \
         >"$DIR/tests-$s.log" 2>&1 &
     PIDS+=($!)
