@@ -5,6 +5,7 @@ never asserted."""
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -331,3 +332,28 @@ def test_torch_varlen_peer_follows_the_signature_of_this_torchs_varlen_attn(monk
         assert note is None and fn(x, x, x) is x and calls[-1] == {"window_size": (-1, -1), "enable_gqa": True}
     else:
         assert fn is None and "no enable_gqa" in note and len(calls) == 1
+
+
+def test_gpu_check_test_shards_run_every_collected_test_once(tmp_path):
+    """benchmarks/gpu_test_shards.sh (the GPU check's test stage): the selected tests cut into
+    contiguous shards run at once, every shard's summary printed, exit 0 when all pass; a
+    selection pytest refuses is reported with pytest's exit status, not run as 'every test'."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "benchmarks", "gpu_test_shards.sh")
+    env = dict(os.environ, PYTHON=sys.executable)
+    pick = ["-k", "test_ratio_and_peak_arithmetic or test_validate_names_what_is_wrong or "
+                  "test_static_audit_cli_names_a_bad_arch"]
+    done = subprocess.run(["bash", script, str(tmp_path), "120", "2", "not gpu", *pick], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "collected 3 tests" in done.stdout
+    summaries = [line for line in done.stdout.splitlines() if line.startswith("shard ")]
+    assert [s.split(":")[0] for s in summaries] == ["shard 0", "shard 1"]
+    passed = [int(re.search(r"(\d+) passed", s).group(1)) for s in summaries]
+    assert sum(passed) == 3 and min(passed) >= 1  # each test once, both shards used
+    refused = subprocess.run(["bash", script, str(tmp_path), "120", "2", "no_such_marker"], cwd=root, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 4 and "collecting the tests failed (exit 4)" in refused.stderr
