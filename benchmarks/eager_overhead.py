@@ -8,6 +8,9 @@ median over 15 rounds of 200 calls, the implementations taking turns):
 * ``adaptkern (through the op)``: the same call with every op routed through
   torch.library's Python autograd and dispatch layers (what it was before
   adaptkern.ops._eager);
+* ``bare autograd.Function``: the same two CPU flash kernels in a minimal Python
+  ``torch.autograd.Function`` (views in, views out; no checks, no op, no lse output): the
+  least any Python-level op around those kernels can cost;
 * ``padded SDPA``: ``F.scaled_dot_product_attention`` with is_causal (all C++).
 
 Two columns: "hot", calls back to back (the interpreter's code and data stay in the caches),
@@ -26,6 +29,9 @@ import torch.nn.functional as F
 
 import adaptkern as ak
 from adaptkern.ops import _eager
+
+_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+_FLASH_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
 
 
 def _per_call_us(fns, rounds=15, calls=200):
@@ -61,6 +67,24 @@ def _cold_call_us(fns, rounds=5, calls=60):
     return {name: (min(t), statistics.median(t)) for name, t in times.items()}
 
 
+class _Bare(torch.autograd.Function):
+    """Causal attention of one (L, H, D) sequence by the CPU flash kernels, nothing else."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        length, heads, dim = q.shape
+        views = [x.view(1, length, heads, dim).transpose(1, 2) for x in (q, k, v)]
+        out, lse = _FLASH(*views, 0.0, True)
+        ctx.save_for_backward(*views, out, lse)
+        return out.transpose(1, 2).view(length, heads, dim)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, out, lse = ctx.saved_tensors
+        grads = _FLASH_BACKWARD(grad.view(1, *grad.shape).transpose(1, 2), q, k, v, out, lse, 0.0, True)
+        return tuple(g.transpose(1, 2).view(grad.shape) for g in grads)
+
+
 def main():
     torch.manual_seed(0)
     length, heads, dim = 8, 1, 8
@@ -81,10 +105,15 @@ def main():
         finally:
             _eager._route = route
 
+    def bare():
+        _Bare.apply(*bare_leaves).backward(grad)
+
     def sdpa():
         F.scaled_dot_product_attention(*padded, is_causal=True).backward(grad_padded)
 
-    fns = {"adaptkern (direct)": direct, "adaptkern (through the op)": through_op, "padded SDPA": sdpa}
+    bare_leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    fns = {"adaptkern (direct)": direct, "adaptkern (through the op)": through_op, "bare autograd.Function": bare,
+           "padded SDPA": sdpa}
     with ak.validation(False):
         hot, cold = _per_call_us(fns), _cold_call_us(fns)
     print("us of CPU time per forward + backward, min and median over rounds")
