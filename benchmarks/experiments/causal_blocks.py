@@ -26,8 +26,9 @@ On the 2-core dev machine, idle, 2026-12-07 (torch 2.13.0), medians [min]:
 19.80, 36.40 / 27.88 / 29.59, 54.13 / 59.14 / 50.79). Slower at 8 x 128, issue 15's
 equal-length case; 8-10% faster at 4 x 256 in one run and a tie in the other; 23% faster at
 2 x 512, but at 1 x 1024 slower with B = 2 and 10% faster with B = 4 (the kernel changes its
-query block size at 192 and 768 queries, and the parallel work per call with it). Not adopted: no gain where the goal is, and the gains elsewhere depend on
-the shape in ways a rule would have to be tuned to.
+query block size at 192 and 768 queries, and the parallel work per call with it). Not
+adopted: no gain where the goal is, and the gains elsewhere depend on the shape in ways a
+rule would have to be tuned to.
 """
 
 import statistics
