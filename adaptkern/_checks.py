@@ -152,7 +152,10 @@ class _ValidatedIndex:
             entry[2].add(bounds)
             return
         if len(self.entries) >= self.size:
-            self.entries.pop(next(iter(self.entries)))  # the oldest
+            try:
+                self.entries.pop(next(iter(self.entries)), None)  # the oldest
+            except RuntimeError:  # a dead tensor's entry went while iterating (another thread)
+                pass
         self.entries[id(tensor)] = (ref, version, {bounds})
 
     def _drop(self, key, ref):

@@ -419,6 +419,16 @@ def test_cu_seqlens_values_are_read_once_per_tensor_while_it_is_unchanged(value_
     assert checked == ["cu_seqlens_q"] * 2
 
 
+def test_the_validated_index_is_bounded_and_keeps_the_newest():
+    index = _checks._ValidatedIndex(size=3)
+    tensors = [torch.tensor([0, i], dtype=torch.int32) for i in range(5)]
+    for t in tensors:
+        index.add(t, (None, None))
+    assert len(index.entries) == 3
+    assert [index.holds(t, (None, None)) for t in tensors] == [False, False, True, True, True]
+    assert not index.holds(tensors[-1], (2, None))  # other bounds
+
+
 def test_default_backend_runs_float64_on_the_reference(monkeypatch):
     # On CUDA tensors the default is triton, which has no float64 kernels: float64 goes to the
     # reference unless triton was asked for (backend= or ADAPTKERN_BACKEND), which raises.
