@@ -29,9 +29,9 @@ if [ "$rc" -ne 0 ]; then  # 5: nothing selected; else an error (it may still hav
     exit "$rc"
 fi
 mapfile -t IDS < <(grep '::' "$DIR/collect.log")
-echo "collected ${#IDS[@]} tests (-m '$MARKERS'), $SHARDS shards, ${LIMIT}s each"
 [ "$SHARDS" -ge 1 ] || SHARDS=1
 [ "$SHARDS" -le "${#IDS[@]}" ] || SHARDS=${#IDS[@]}
+echo "collected ${#IDS[@]} tests (-m '$MARKERS'), $SHARDS shards, ${LIMIT}s each"
 
 PIDS=()
 for ((s = 0; s < SHARDS; s++)); do

@@ -95,12 +95,10 @@ def _torch_varlen(cu, longest, causal, enable_gqa):
     if varlen_attn is not None:
         window = (-1, 0) if causal else (-1, -1)
         # torch 2.11's varlen_attn has no enable_gqa (2.13's has): GQA cases have no peer there.
-        if not enable_gqa:
-            return (lambda q, k, v: varlen_attn(q, k, v, cu, cu, longest, longest, window_size=window)), None
-        if "enable_gqa" not in inspect.signature(varlen_attn).parameters:
+        gqa = {"enable_gqa": True} if enable_gqa else {}
+        if gqa and "enable_gqa" not in inspect.signature(varlen_attn).parameters:
             return None, "this torch's varlen_attn has no enable_gqa"
-        return (lambda q, k, v: varlen_attn(q, k, v, cu, cu, longest, longest, window_size=window,
-                                            enable_gqa=True)), None
+        return (lambda q, k, v: varlen_attn(q, k, v, cu, cu, longest, longest, window_size=window, **gqa)), None
     flash = getattr(torch.ops.aten, "_flash_attention_forward", None)
     if flash is None:
         return None, "neither torch.nn.attention.varlen nor aten._flash_attention_forward in this torch"
