@@ -6,8 +6,8 @@
 # On a GPU every Triton kernel specialization the tests launch is compiled once, on first
 # launch: the kernel tests launch 415 distinct ones (counted under the interpreter on
 # 2026-12-07 by kernel, constexprs, dtypes, pointer alignment and Triton's int
-# specialisation; 315 by constexprs and dtypes alone), about 0.6 s each with Triton 3.6
-# (benchmarks/experiments/compile_times.py), some 4 minutes for one pytest process. So
+# specialisation; 315 by constexprs and dtypes alone), 0.6-0.8 s each with Triton 3.6
+# (benchmarks/experiments/compile_times.py), 4-5 minutes for one pytest process. So
 # the selected tests are cut into SHARDS contiguous slices, run by as many pytest processes
 # at once (they share the GPU and Triton's on-disk cache).
 # Each shard runs under LIMIT_SECONDS and logs to LOG_DIR/tests-<i>.log; this prints every

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 _LAUNCH_SCRIPT = r"""
-import json, os, re, subprocess, sys, tempfile
+import json, os, re, subprocess, sys, tempfile, time
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.runtime.jit import JITFunction
@@ -66,12 +66,15 @@ _run = JITFunction.run
 def compile_instead(self, *args, grid, warmup, **kwargs):
     # The launch's own arguments and options through Triton's own binder (divisibility and
     # == 1 specialisation, num_warps, num_stages); warmup=True compiles and never launches.
+    start = time.perf_counter()
     compiled = _run(self, *args, grid=grid, warmup=True, **kwargs)
+    seconds = time.perf_counter() - start
     usage = cuobjdump(compiled.asm["cubin"], "-res-usage")
     regs, local = (int(x) for x in re.search(r"REG:(\d+) STACK:\d+ SHARED:\d+ LOCAL:(\d+)", usage).groups())
     loop = hot_loop(cuobjdump(compiled.asm["cubin"], "-sass"))
     md = compiled.metadata
-    launches.append({"kernel": self.fn.__name__, "arch": arch, "shared": md.shared, "num_warps": md.num_warps,
+    launches.append({"kernel": self.fn.__name__, "arch": arch, "compile_s": seconds, "shared": md.shared,
+                     "num_warps": md.num_warps,
                      "num_stages": md.num_stages, "regs": regs, "local": local, "hot_loop": len(loop),
                      "hot_loop_spills": sum(bool(re.search(r"\b(STL|LDL)\b", t)) for t in loop),
                      "constexprs": {k: v for k, v in kwargs.items() if isinstance(v, (bool, int))},
@@ -94,7 +97,8 @@ def compile_launches(code: str, archs=(80, 90)):
     grid, num_warps, num_stages and constexprs, and Triton's specialisation of the actual
     arguments), and launchers that read the device's arch see ``arch``.
 
-    Returns one dict per launch (in order, archs one after another): kernel, arch, shared
+    Returns one dict per launch (in order, archs one after another): kernel, arch, compile_s
+    (seconds Triton took to build it; a hit in Triton's cache takes milliseconds), shared
     (bytes), num_warps, num_stages, regs, local (spilled bytes per thread), hot_loop (SASS
     instructions of the smallest loop with two or more tensor-core instructions, 0 if none)
     and hot_loop_spills (local loads / stores in it), constexprs (the launch's int / bool
