@@ -76,9 +76,13 @@ def test_demo_fast_end_to_end(clean_demo):
         return
     plan = summary["plan"]
     assert plan["predicted_flops"] > 0 and all(seg["compute"] > 0 for seg in plan["segments"])
-    # the plan starts at a measured step-0 loss (of a tuning run), not at a law's guess
+    # the plan starts at a measured step-0 loss (of a tuning run), not at a law's guess: the
+    # lowest of the shapes' own, so that any shape may begin it as its static run does
     assert any(math.isclose(plan["start_loss"], r["initial"]["loss"], rel_tol=1e-12)
                for rs in runs["tuning"].values() for r in rs)
+    assert math.isclose(plan["start_loss"], min(summary["laws"][s]["initial_loss"] for s in plan["static_compute"]),
+                        rel_tol=1e-12)
+    assert plan["savings"] >= -1e-9  # staying on the best static shape is always a plan
     for run in runs["adaptive"]:
         ledger = run["ledger"]["flops"]
         train = sum(v for phases in ledger.values() for p, v in phases.items() if p != "eval")

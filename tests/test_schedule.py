@@ -376,6 +376,32 @@ def test_switch_jumps_and_order_match_brute_force(seed, ordered):
     assert plan.compute_at(plan.start_loss, laws) == pytest.approx(0.0, abs=1e-9 * plan.total_compute)
 
 
+def test_a_plan_begins_on_any_shape_from_the_lowest_fresh_loss(seed):
+    """Laws anchored at their own fresh models' losses, as the demo fits them (each shape's
+    measured step-0 loss; they differ by initialisation noise). Planned from the highest, the
+    plan must begin on that shape, and where another shape is the best static run it pays for
+    a segment the jump throws away; planned from the lowest, which the demo does, any shape
+    may begin it, so it is never predicted worse than the best static shape."""
+    rng = np.random.default_rng(seed)
+    low, high = 2.29 + rng.uniform(-0.01, 0.01), 2.31 + rng.uniform(-0.01, 0.01)
+
+    def anchored(c, b, d, fresh):
+        return PowerLaw(c, (fresh - c) * d ** b, b, d)
+
+    # coarse learns fast and plateaus high; fine is the best static shape to the target
+    laws = {"coarse": anchored(0.7, 2.5, 1e11 * rng.uniform(0.5, 2.0), high),
+            "fine": anchored(0.2, 1.0, 1e10 * rng.uniform(0.5, 2.0), low)}
+    kwargs = dict(switch_jump={("coarse", "fine"): rng.uniform(2.0, 3.0)}, order=["coarse", "fine"])
+    target = 0.8
+    from_high = optimal_schedule(laws, target, start_loss=high, **kwargs)
+    assert from_high.best_static_shape == "fine"
+    assert [seg.shape for seg in from_high.segments] == ["coarse", "fine"] and from_high.savings < 0
+    from_low = optimal_schedule(laws, target, start_loss=low, **kwargs)
+    assert [seg.shape for seg in from_low.segments] == ["fine"]
+    assert from_low.total_compute == pytest.approx(from_low.best_static_compute, rel=1e-12)
+    _check_invariants(from_low, laws)
+
+
 def test_jumps_and_order_reject_bad_input():
     laws = {"a": PowerLaw(1.0, 1.0, 0.5, 1.0), "b": PowerLaw(1.2, 1.0, 0.5, 1.0)}
     with pytest.raises(ValueError, match="switch_jump must be >= 0"):

@@ -401,7 +401,13 @@ def _demo_steps(run, model, settings, fixed, base, names, images, text, device, 
     try:
         if not laws:
             raise ValueError("no law could be fitted")
-        plan = ak_schedule.optimal_schedule(laws, targets[-1], start_loss=start_loss,
+        # The plan starts at the lowest fresh-model loss: each law is anchored at its own
+        # shape's measured step-0 loss (they differ by the initialisation's noise, ~0.01 nats),
+        # and the planner follows a shape only at or below that loss. From the highest one,
+        # every plan would begin on that shape, even where another is the best static run, and
+        # pay for a segment the switch throws away (a plan predicted worse than static).
+        plan_start = min(r["initial"]["loss"] for s, r in tune_records.items() if s in laws)
+        plan = ak_schedule.optimal_schedule(laws, targets[-1], start_loss=plan_start,
                                             switch_jump={k: v for k, v in jumps.items() if k[0] in laws
                                                          and k[1] in laws}, order=[s for s in names if s in laws])
     except ValueError as error:

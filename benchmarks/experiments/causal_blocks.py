@@ -83,6 +83,33 @@ def blocked_backward(dout, q, k, v, out, lse, n, length, blocks):
     return dq, dk, dv
 
 
+def query_block_backward(dout, q, k, v, out, lse, n, length, blocks):
+    """The backward alone by query blocks (the forward stays one causal call, whose kernel
+    already skips masked keys): block i's queries over the keys 0 .. its end, the only ones
+    they see, with the kernel's causal flag for the first block and a bottom-right causal
+    mask for the others; no merge (each query is in one call), dk / dv summed."""
+    size = length // blocks
+    dout4, q4, k4, v4, out4 = (x.view(n, length, HEADS, DIM) for x in (dout, q, k, v, out))
+    dq = torch.empty(n, length, HEADS, DIM)
+    dk = dv = None
+    for i in reversed(range(blocks)):  # the last block sees every key: its dk / dv are the sums
+        rows, keys = slice(i * size, (i + 1) * size), slice(0, (i + 1) * size)
+        mask = None
+        if i:
+            seen = torch.ones(size, (i + 1) * size, dtype=torch.bool).tril(i * size)
+            mask = torch.zeros(seen.shape).masked_fill_(~seen, float("-inf"))
+        gq, gk, gv = FLASH_BACKWARD(heads_first(dout4[:, rows]), heads_first(q4[:, rows]), heads_first(k4[:, keys]),
+                                    heads_first(v4[:, keys]), heads_first(out4[:, rows]),
+                                    lse[:, :, rows].contiguous(), 0.0, not i, attn_mask=mask)
+        dq[:, rows] = heads_first(gq)
+        if dk is None:
+            dk, dv = heads_first(gk), heads_first(gv)
+        else:
+            dk[:, keys] += heads_first(gk)
+            dv[:, keys] += heads_first(gv)
+    return dq, dk, dv
+
+
 def main():
     torch.manual_seed(0)
     print(f"{HEADS} heads, D={DIM}, float32, {torch.get_num_threads()} threads; fwd+bwd ms, median [min] of 12 rounds")
@@ -96,6 +123,8 @@ def main():
             got = blocked_backward(dout, q, k, v, out, lse, n, length, blocks)
             assert torch.allclose(out, heads_first(want_out), atol=1e-5)
             assert all(torch.allclose(g, heads_first(w), atol=1e-5) for g, w in zip(got, want))
+            got = query_block_backward(dout, q, k, v, heads_first(want_out), want_lse, n, length, blocks)
+            assert all(torch.allclose(g, heads_first(w), atol=1e-5) for g, w in zip(got, want))
 
         def one_call():
             o, l = FLASH(*padded[:3], 0.0, True)
@@ -107,7 +136,14 @@ def main():
                 blocked_backward(dout, q, k, v, o, l, n, length, blocks)
             return run
 
-        fns = {"one call": one_call, "B=2": by_blocks(2), "B=4": by_blocks(4)}
+        def backward_by_blocks(blocks):
+            def run():
+                o, l = FLASH(*padded[:3], 0.0, True)
+                query_block_backward(dout, q, k, v, heads_first(o), l, n, length, blocks)
+            return run
+
+        fns = {"one call": one_call, "B=2": by_blocks(2), "B=4": by_blocks(4), "bwd B=2": backward_by_blocks(2),
+               "bwd B=4": backward_by_blocks(4)}
         times = {name: [] for name in fns}
         for _ in range(12):
             for name, fn in fns.items():
