@@ -9,11 +9,15 @@ blocks before it without a mask (one call per i), the two merged by their log-su
 backward runs the kernel's backward on the same calls with the merged output and lse (a
 partial-key backward is exact given the full rows' lse and output) and adds the gradients.
 Exact to float32 rounding (the script checks it); fewer pairs, but more and smaller calls.
+"qb B" cuts the queries the same way but gives each block only the keys it sees (keys 0 ..
+its end; the kernel's causal flag for the first block, a bottom-right causal mask for the
+others): no merge, every query is in one call, dk / dv summed in the backward.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/experiments/causal_blocks.py
 
 prints, per (sequences x length), 8 heads, D=64, float32, forward + backward ms (median and
-min over 12 interleaved rounds of 5 calls) of the one causal call and of B = 2 and 4 blocks.
+min over 12 interleaved rounds of 5 calls) of the one causal call and of B = 2 and 4 blocks
+(merged, and "qb").
 On the 2-core dev machine, idle, 2026-12-07 (torch 2.13.0), medians [min]:
 
     shape      one call        B=2             B=4
@@ -29,6 +33,17 @@ equal-length case; 8-10% faster at 4 x 256 in one run and a tie in the other; 23
 query block size at 192 and 768 queries, and the parallel work per call with it). Not
 adopted: no gain where the goal is, and the gains elsewhere depend on the shape in ways a
 rule would have to be tuned to.
+
+Three more runs the same day (commit aca36de, idle), one call vs qb B=2 / qb B=4, medians:
+8 x 128 10.02 vs 8.94 / 9.11, 9.18 vs 9.58 / 8.49, 9.48 vs 10.92 / 11.26; 4 x 256 15.34 vs
+14.64 / 12.71, 16.73 vs 16.10 / 15.73, 16.23 vs 15.08 / 15.73; 2 x 512 33.18 vs 26.78 / 26.17,
+36.19 vs 33.00 / 30.09, 31.63 vs 26.50 / 24.17; 1 x 1024 42.65 vs 48.75 / 41.98, 47.39 vs
+59.14 / 50.24, 51.13 vs 67.49 / 56.19 (the merged B=2 / B=4 of those runs: 8 x 128 8.95 /
+10.81, 9.48 / 12.55, 10.85 / 13.23). At 8 x 128 faster in one run of three and slower in
+the others; 10-25% faster at 2 x 512 in all three; slower at 1 x 1024. A split of the
+backward alone (forward one call; this script at commit aca36de, "bwd B") was tried before
+these, in two runs: 8 x 128 12.09 and 11.20 ms vs one call 12.14 and 12.11 (in a scratch run
+the forward cost the same causal or not at 128, 5.2 ms, one thread). Not adopted: no robust gain at issue 15's shape, a loss at 1024.
 """
 
 import statistics
@@ -83,24 +98,39 @@ def blocked_backward(dout, q, k, v, out, lse, n, length, blocks):
     return dq, dk, dv
 
 
+def _below_diagonal(rows, keys):
+    """Bottom-right causal additive mask (rows, keys): query i sees keys j <= i + keys - rows."""
+    seen = torch.ones(rows, keys, dtype=torch.bool).tril(keys - rows)
+    return torch.zeros(rows, keys).masked_fill_(~seen, float("-inf"))
+
+
+def query_block_forward(q, k, v, n, length, blocks):
+    """Causal attention by query blocks, each over only the keys it sees (keys 0 .. its end):
+    the kernel's causal flag for the first block, a bottom-right causal mask for the others.
+    No merge: every query is in one call. out (n, L, H, D), lse (n, H, L)."""
+    size = length // blocks
+    q4, k4, v4 = (x.view(n, length, HEADS, DIM) for x in (q, k, v))
+    out, lse = torch.empty(n, length, HEADS, DIM), torch.empty(n, HEADS, length)
+    for i in range(blocks):
+        rows, keys = slice(i * size, (i + 1) * size), slice(0, (i + 1) * size)
+        o, l = FLASH(heads_first(q4[:, rows]), heads_first(k4[:, keys]), heads_first(v4[:, keys]), 0.0, not i,
+                     attn_mask=_below_diagonal(size, (i + 1) * size) if i else None)
+        out[:, rows], lse[:, :, rows] = heads_first(o), l
+    return out, lse
+
+
 def query_block_backward(dout, q, k, v, out, lse, n, length, blocks):
-    """The backward alone by query blocks (the forward stays one causal call, whose kernel
-    already skips masked keys): block i's queries over the keys 0 .. its end, the only ones
-    they see, with the kernel's causal flag for the first block and a bottom-right causal
-    mask for the others; no merge (each query is in one call), dk / dv summed."""
+    """The backward of :func:`query_block_forward` on the same calls; dk / dv summed."""
     size = length // blocks
     dout4, q4, k4, v4, out4 = (x.view(n, length, HEADS, DIM) for x in (dout, q, k, v, out))
     dq = torch.empty(n, length, HEADS, DIM)
     dk = dv = None
     for i in reversed(range(blocks)):  # the last block sees every key: its dk / dv are the sums
         rows, keys = slice(i * size, (i + 1) * size), slice(0, (i + 1) * size)
-        mask = None
-        if i:
-            seen = torch.ones(size, (i + 1) * size, dtype=torch.bool).tril(i * size)
-            mask = torch.zeros(seen.shape).masked_fill_(~seen, float("-inf"))
         gq, gk, gv = FLASH_BACKWARD(heads_first(dout4[:, rows]), heads_first(q4[:, rows]), heads_first(k4[:, keys]),
                                     heads_first(v4[:, keys]), heads_first(out4[:, rows]),
-                                    lse[:, :, rows].contiguous(), 0.0, not i, attn_mask=mask)
+                                    lse[:, :, rows].contiguous(), 0.0, not i,
+                                    attn_mask=_below_diagonal(size, (i + 1) * size) if i else None)
         dq[:, rows] = heads_first(gq)
         if dk is None:
             dk, dv = heads_first(gk), heads_first(gv)
@@ -123,7 +153,9 @@ def main():
             got = blocked_backward(dout, q, k, v, out, lse, n, length, blocks)
             assert torch.allclose(out, heads_first(want_out), atol=1e-5)
             assert all(torch.allclose(g, heads_first(w), atol=1e-5) for g, w in zip(got, want))
-            got = query_block_backward(dout, q, k, v, heads_first(want_out), want_lse, n, length, blocks)
+            out, lse = query_block_forward(q, k, v, n, length, blocks)
+            got = query_block_backward(dout, q, k, v, out, lse, n, length, blocks)
+            assert torch.allclose(out, heads_first(want_out), atol=1e-5) and torch.allclose(lse, want_lse, atol=1e-5)
             assert all(torch.allclose(g, heads_first(w), atol=1e-5) for g, w in zip(got, want))
 
         def one_call():
@@ -136,14 +168,14 @@ def main():
                 blocked_backward(dout, q, k, v, o, l, n, length, blocks)
             return run
 
-        def backward_by_blocks(blocks):
+        def by_query_blocks(blocks):
             def run():
-                o, l = FLASH(*padded[:3], 0.0, True)
-                query_block_backward(dout, q, k, v, heads_first(o), l, n, length, blocks)
+                o, l = query_block_forward(q, k, v, n, length, blocks)
+                query_block_backward(dout, q, k, v, o, l, n, length, blocks)
             return run
 
-        fns = {"one call": one_call, "B=2": by_blocks(2), "B=4": by_blocks(4), "bwd B=2": backward_by_blocks(2),
-               "bwd B=4": backward_by_blocks(4)}
+        fns = {"one call": one_call, "B=2": by_blocks(2), "B=4": by_blocks(4), "qb B=2": by_query_blocks(2),
+               "qb B=4": by_query_blocks(4)}
         times = {name: [] for name in fns}
         for _ in range(12):
             for name, fn in fns.items():
