@@ -58,6 +58,11 @@ def _fresh(law):
         return float(law.predict(0.0))
 
 
+def _anchored(c, b, d, fresh):
+    """E(C) = c + a (C + d)^-b with a set so that E(0) = ``fresh`` (a law anchored at its fresh loss)."""
+    return PowerLaw(c, (fresh - c) * d ** b, b, d)
+
+
 def _patch_laws(rng, n, start=6.0):
     """Shapes like ViT patch sizes: larger patches learn cheaply early but plateau higher.
     Anchored: every law predicts ``start`` at C = 0 (one fresh model)."""
@@ -67,7 +72,7 @@ def _patch_laws(rng, n, start=6.0):
         b = rng.uniform(0.25, 0.45)
         loss_at_1e12 = 4.0 + rng.uniform(-0.2, 0.2) - 0.3 * k  # cheaper shapes are ahead early on
         d = 1e12 / (((start - c) / (loss_at_1e12 - c)) ** (1 / b) - 1)
-        laws[f"p{8 * 2 ** k}"] = PowerLaw(c, (start - c) * d ** b, b, d)
+        laws[f"p{8 * 2 ** k}"] = _anchored(c, b, d, start)
     return laws
 
 
@@ -385,12 +390,9 @@ def test_a_plan_begins_on_any_shape_from_the_lowest_fresh_loss(seed):
     rng = np.random.default_rng(seed)
     low, high = 2.29 + rng.uniform(-0.01, 0.01), 2.31 + rng.uniform(-0.01, 0.01)
 
-    def anchored(c, b, d, fresh):
-        return PowerLaw(c, (fresh - c) * d ** b, b, d)
-
     # coarse learns fast and plateaus high; fine is the best static shape to the target
-    laws = {"coarse": anchored(0.7, 2.5, 1e11 * rng.uniform(0.5, 2.0), high),
-            "fine": anchored(0.2, 1.0, 1e10 * rng.uniform(0.5, 2.0), low)}
+    laws = {"coarse": _anchored(0.7, 2.5, 1e11 * rng.uniform(0.5, 2.0), high),
+            "fine": _anchored(0.2, 1.0, 1e10 * rng.uniform(0.5, 2.0), low)}
     kwargs = dict(switch_jump={("coarse", "fine"): rng.uniform(2.0, 3.0)}, order=["coarse", "fine"])
     target = 0.8
     from_high = optimal_schedule(laws, target, start_loss=high, **kwargs)

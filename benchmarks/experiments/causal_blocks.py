@@ -43,13 +43,16 @@ Three more runs the same day (commit aca36de, idle), one call vs qb B=2 / qb B=4
 the others; 10-25% faster at 2 x 512 in all three; slower at 1 x 1024. A split of the
 backward alone (forward one call; this script at commit aca36de, "bwd B") was tried before
 these, in two runs: 8 x 128 12.09 and 11.20 ms vs one call 12.14 and 12.11 (in a scratch run
-the forward cost the same causal or not at 128, 5.2 ms, one thread). Not adopted: no robust gain at issue 15's shape, a loss at 1024.
+the forward cost the same causal or not at 128, 5.2 ms, one thread). Not adopted: no robust
+gain at issue 15's shape, a loss at 1024.
 """
 
 import statistics
 import time
 
 import torch
+
+from adaptkern.reference.varlen_attention import allowed_mask
 
 FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 FLASH_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
@@ -99,9 +102,8 @@ def blocked_backward(dout, q, k, v, out, lse, n, length, blocks):
 
 
 def _below_diagonal(rows, keys):
-    """Bottom-right causal additive mask (rows, keys): query i sees keys j <= i + keys - rows."""
-    seen = torch.ones(rows, keys, dtype=torch.bool).tril(keys - rows)
-    return torch.zeros(rows, keys).masked_fill_(~seen, float("-inf"))
+    """Bottom-right causal additive mask (rows, keys), from the reference's allowed mask."""
+    return torch.zeros(rows, keys).masked_fill_(~allowed_mask(rows, keys, -1, 0), float("-inf"))
 
 
 def query_block_forward(q, k, v, n, length, blocks):
@@ -140,6 +142,15 @@ def query_block_backward(dout, q, k, v, out, lse, n, length, blocks):
     return dq, dk, dv
 
 
+# label -> (forward, backward): merged by lse, and query blocks over only the keys they see
+VARIANTS = {"B=": (blocked_forward, blocked_backward), "qb B=": (query_block_forward, query_block_backward)}
+
+
+def _lse_rows(lse, n, length):
+    """(n, H, L) from either variant's lse (the merged one is (n, blocks, H, L / blocks))."""
+    return lse if lse.dim() == 3 else lse.transpose(1, 2).reshape(n, HEADS, length)
+
+
 def main():
     torch.manual_seed(0)
     print(f"{HEADS} heads, D={DIM}, float32, {torch.get_num_threads()} threads; fwd+bwd ms, median [min] of 12 rounds")
@@ -148,34 +159,26 @@ def main():
         padded = [heads_first(x.view(n, length, HEADS, DIM)) for x in (q, k, v, dout)]
         want_out, want_lse = FLASH(*padded[:3], 0.0, True)
         want = FLASH_BACKWARD(padded[3], *padded[:3], want_out, want_lse, 0.0, True)
-        for blocks in (2, 4):
-            out, lse = blocked_forward(q, k, v, n, length, blocks)
-            got = blocked_backward(dout, q, k, v, out, lse, n, length, blocks)
-            assert torch.allclose(out, heads_first(want_out), atol=1e-5)
-            assert all(torch.allclose(g, heads_first(w), atol=1e-5) for g, w in zip(got, want))
-            out, lse = query_block_forward(q, k, v, n, length, blocks)
-            got = query_block_backward(dout, q, k, v, out, lse, n, length, blocks)
-            assert torch.allclose(out, heads_first(want_out), atol=1e-5) and torch.allclose(lse, want_lse, atol=1e-5)
-            assert all(torch.allclose(g, heads_first(w), atol=1e-5) for g, w in zip(got, want))
+        for forward, backward in VARIANTS.values():
+            for blocks in (2, 4):
+                out, lse = forward(q, k, v, n, length, blocks)
+                got = backward(dout, q, k, v, out, lse, n, length, blocks)
+                assert torch.allclose(out, heads_first(want_out), atol=1e-5)
+                assert torch.allclose(_lse_rows(lse, n, length), want_lse, atol=1e-5)
+                assert all(torch.allclose(g, heads_first(w), atol=1e-5) for g, w in zip(got, want))
 
         def one_call():
             o, l = FLASH(*padded[:3], 0.0, True)
             FLASH_BACKWARD(padded[3], *padded[:3], o, l, 0.0, True)
 
-        def by_blocks(blocks):
+        def split(forward, backward, blocks):
             def run():
-                o, l = blocked_forward(q, k, v, n, length, blocks)
-                blocked_backward(dout, q, k, v, o, l, n, length, blocks)
+                o, l = forward(q, k, v, n, length, blocks)
+                backward(dout, q, k, v, o, l, n, length, blocks)
             return run
 
-        def by_query_blocks(blocks):
-            def run():
-                o, l = query_block_forward(q, k, v, n, length, blocks)
-                query_block_backward(dout, q, k, v, o, l, n, length, blocks)
-            return run
-
-        fns = {"one call": one_call, "B=2": by_blocks(2), "B=4": by_blocks(4), "qb B=2": by_query_blocks(2),
-               "qb B=4": by_query_blocks(4)}
+        fns = {"one call": one_call}
+        fns.update({f"{label}{blocks}": split(*pair, blocks) for label, pair in VARIANTS.items() for blocks in (2, 4)})
         times = {name: [] for name in fns}
         for _ in range(12):
             for name, fn in fns.items():
