@@ -24,6 +24,10 @@ initial_loss=L0)``): then every shape starts at C = 0 and every segment costs it
 A switch can cost compute twice over: a fixed charge ``switch_cost`` and a measured loss
 jump ``switch_jump`` (the loss rises by the jump when the shape changes, e.g. a ViT
 evaluated at a new patch size; the new shape then pays along its law to come back down).
+A jump may also be a function of the loss at the switch (an *effective* jump measured from
+runs that switched there: how far back along the new shape's law the switch set training,
+which may differ from the raw jump, and may be negative, since a model recovers from a
+switch faster than a fresh one learns).
 ``order`` restricts switches to one direction (patches only shrink, contexts only grow).
 """
 
@@ -74,7 +78,7 @@ class Plan:
     target_loss: float
     switch_cost: float
     static_compute: dict = field(default_factory=dict)  # shape -> compute to the target alone (inf: never)
-    switch_jumps: dict = field(default_factory=dict)    # (from, to) -> loss jump given to the planner
+    switch_jumps: dict = field(default_factory=dict)    # (from, to) -> jump given to the planner (or "a function ...")
     order: tuple = None                                  # allowed direction of switches (None: any)
 
     def compute_at(self, loss: float, laws) -> float:
@@ -257,7 +261,10 @@ def optimal_schedule(laws, target_loss, start_loss=None, switch_cost=0.0, *, gri
         grid_size: loss levels scanned between start and target (more: finer scan), 16 to 2**20.
         switch_jump: the loss rise at a switch (>= 0): a number for every switch, or a dict
             {(from_shape, to_shape): jump} (missing pairs: 0). A switch into s at loss E
-            then costs C_s(E) - C_s(E + jump) more, along s's law.
+            then costs C_s(E) - C_s(E + jump) more, along s's law. A dict value may also be
+            a function of E (losses array -> jumps array, finite, any sign): an effective
+            jump measured where it was switched; a switch that would land at or below s's
+            asymptote is not taken.
         order: a list of the shapes; switches only move forward in it (e.g. patch sizes
             only shrink). None: any order.
 
@@ -320,14 +327,44 @@ def optimal_schedule(laws, target_loss, start_loss=None, switch_cost=0.0, *, gri
     else:
         switches = _dp_switches(shapes, _with_crossings(shapes, grid), kappa, jumps, rank)
     plan = _build_plan(shapes, switches, start, target, kappa, jumps)
-    named = {(a.key, b.key): float(jumps[i, j]) for i, a in enumerate(shapes) for j, b in enumerate(shapes)
-             if jumps[i, j]}
-    return Plan(**{**vars(plan), "switch_jumps": named, "order": None if order is None else tuple(order)})
+    return Plan(**{**vars(plan), "switch_jumps": jumps.named(), "order": None if order is None else tuple(order)})
+
+
+class _Jumps:
+    """The loss jump of each switch, from shape i to shape k: a number, or a function of the
+    loss at the switch."""
+
+    def __init__(self, shapes, constant, functions):
+        self.shapes, self.constant, self.functions = shapes, constant, functions
+
+    def any(self) -> bool:
+        return bool(self.constant.any() or self.functions)
+
+    def at(self, i, k, losses):
+        """Jumps from shape i to shape k at each of ``losses`` (1-D float array)."""
+        if (i, k) not in self.functions:
+            return np.full(losses.shape, self.constant[i, k])
+        values = _call(self.functions[i, k], losses)
+        if not np.isfinite(values).all():
+            at = float(losses[~np.isfinite(values)][0])
+            pair = (self.shapes[i].key, self.shapes[k].key)
+            raise ValueError(f"{_OP}: switch_jump[{pair!r}]({at:.6g}) is {values[~np.isfinite(values)][0]}; a jump "
+                             "function must give a finite number at every loss")
+        return values
+
+    def named(self) -> dict:
+        """{(from, to): jump} for the report: a number, or "a function of the switch loss"."""
+        out = {(a.key, b.key): float(self.constant[i, j]) for i, a in enumerate(self.shapes)
+               for j, b in enumerate(self.shapes) if self.constant[i, j]}
+        out.update({(self.shapes[i].key, self.shapes[k].key): "a function of the switch loss"
+                    for i, k in self.functions})
+        return out
 
 
 def _check_jumps(shapes, switch_jump):
-    """(S, S) array of loss jumps, from shape i (row) to shape j (column)."""
+    """The jumps of every switch, from shape i (row) to shape j (column)."""
     n = len(shapes)
+    functions = {}
     if isinstance(switch_jump, dict):
         index = {s.key: i for i, s in enumerate(shapes)}
         out = np.zeros((n, n))
@@ -335,13 +372,17 @@ def _check_jumps(shapes, switch_jump):
             if not (isinstance(pair, tuple) and len(pair) == 2 and all(k in index for k in pair)):
                 raise ValueError(f"{_OP}: switch_jump keys must be (from_shape, to_shape) pairs of the laws' shapes, "
                                  f"got {pair!r}")
-            out[index[pair[0]], index[pair[1]]] = _real(f"switch_jump[{pair!r}]", jump)
+            if callable(jump):
+                if pair[0] != pair[1]:
+                    functions[index[pair[0]], index[pair[1]]] = jump
+            else:
+                out[index[pair[0]], index[pair[1]]] = _real(f"switch_jump[{pair!r}]", jump)
     else:
         out = np.full((n, n), _real("switch_jump", switch_jump))
     if (out < 0).any():
         raise ValueError(f"{_OP}: switch_jump must be >= 0, got {out[out < 0].min():.6g}")
     np.fill_diagonal(out, 0.0)
-    return out
+    return _Jumps(shapes, out, functions)
 
 
 def _check_order(shapes, order):
@@ -451,9 +492,10 @@ def _dp_switches(shapes, nodes, kappa, jumps, rank):
     for i, k in itertools.product(range(n_shapes), repeat=2):
         if i == k or (rank is not None and rank[i] >= rank[k]):
             continue
-        top = shapes[k].static(np.minimum(nodes[:-1] + jumps[i, k], shapes[k].fresh))
-        with np.errstate(invalid="ignore"):
-            enter[i, k] = np.where(np.isfinite(compute[k, :-1]), kappa + compute[k, :-1] - top, np.inf)
+        top = shapes[k].static(np.minimum(nodes[:-1] + jumps.at(i, k, nodes[:-1]), shapes[k].fresh))
+        with np.errstate(invalid="ignore"):  # top inf: the jump lands at or below k's asymptote
+            enter[i, k] = np.where(np.isfinite(compute[k, :-1]) & np.isfinite(top), kappa + compute[k, :-1] - top,
+                                   np.inf)
     best = np.where(np.isfinite(compute[:, 0]), 0.0, np.inf)  # cost so far of being on each shape at the node
     came_from = np.empty((n_steps, n_shapes), dtype=np.int64)
     for j in range(n_steps):
@@ -489,7 +531,7 @@ def _build_plan(shapes, switches, start, target, kappa, jumps=None):
     bounds = [loss for loss, _ in switches[1:]] + [target]
     segments, spent, previous = [], 0.0, None
     for n, ((loss_start, k), loss_end) in enumerate(zip(switches, bounds)):  # switches[0] is at start
-        jump = float(jumps[previous, k]) if (n and jumps is not None) else 0.0
+        jump = float(jumps.at(previous, k, np.array([loss_start]))[0]) if (n and jumps is not None) else 0.0
         top = min(loss_start + jump, shapes[k].fresh)
         ends = shapes[k].static(np.array([top, loss_end]))
         compute = float(ends[1] - ends[0])

@@ -68,7 +68,26 @@ def test_demo_fast_end_to_end(clean_demo):
         assert {"params", "rms_log_residual", "at_bound", "used"} <= set(law)
         if law["at_bound"]:
             assert law["used"] != "anchored power law"  # never used silently
-    assert set(summary["excluded_flops"]) >= {"eval", "sweep"} and summary["excluded_flops"]["eval"] > 0
+    excluded = summary["excluded_flops"]
+    assert set(excluded) >= {"eval", "sweep"} and excluded["eval"] > 0
+    assert excluded["sweep"] == sum(v for k, v in excluded.items() if k.startswith("sweep_"))
+    # switch probes (tuning seed): forward pairs, switched before the headline, every
+    # crossing recomputed from the probe's own stored run
+    probes = summary["switch_probes"]["tried"]
+    pairs = {(p["from"], p["to"]) for p in probes} | {(p["from"], p["to"]) for p in summary["switch_probes"]["not_probed"]}
+    with_laws = [s for s in shapes if summary["laws"][s]["used"]]
+    assert pairs == {(a, b) for i, a in enumerate(with_laws) for b in with_laws[i + 1:]}  # every pair: probed or why not
+    assert (excluded["sweep_probes"] > 0) == bool(probes)
+    goal = next(t["loss"] for t in summary["targets"] if t["headline"])
+    for probe in probes:
+        assert shapes.index(probe["from"]) < shapes.index(probe["to"])
+        folder = out / "probe" / f"{probe['from']}-{probe['to']}-{probe['switch_flops']:.3g}"
+        record = json.loads((folder / "record.json").read_text())
+        assert record["schedule"]["segments"] == [[probe["from"], probe["switch_flops"]], [probe["to"], None]]
+        crossing = _first_crossing(record["evals"], goal)
+        assert probe["target"] == goal and (crossing is None) == (probe["flops_to_target"] is None)
+        assert crossing is None or math.isclose(crossing, probe["flops_to_target"], rel_tol=1e-9)
+        assert probe["how"] == "measured" or "restart" in probe["how"] or probe["effective_jump"] is None
     runs = summary["runs"]
     verdict = summary["verdict"]
     if "plan" not in summary:

@@ -404,6 +404,50 @@ def test_a_plan_begins_on_any_shape_from_the_lowest_fresh_loss(seed):
     _check_invariants(from_low, laws)
 
 
+def test_a_jump_that_depends_on_the_switch_loss(seed):
+    """An effective jump, measured by switch probes, is a function of the loss at the switch
+    (the demo's step 4b): the planner charges it where it switches, and its plan is the best
+    single switch of a dense scan; a constant function plans as the constant; a negative
+    jump (a switched run that beat the new shape's law) makes switching cheaper; a switch
+    that would land at or below the new shape's asymptote is not taken; a jump function
+    giving NaN is an error naming its pair."""
+    rng = np.random.default_rng(seed)
+    laws = _patch_laws(rng, 2)  # p8 fine (lower c), p16 coarse
+    order, pair = ["p16", "p8"], ("p16", "p8")
+    target = laws["p16"].c - 0.1  # only p8 gets there
+    start = _fresh(laws["p8"])
+    sweet = 4.0 + rng.uniform(-0.3, 0.3)  # where a switch is cheap
+
+    def jump(losses):
+        return 0.05 + 1.5 * (1.0 - np.exp(-(((np.asarray(losses) - sweet) / 0.3) ** 2)))
+
+    plan = optimal_schedule(laws, target, switch_jump={pair: jump}, order=order)
+    levels = np.linspace(target, start, 200001)[1:-1]
+    top = np.minimum(levels + jump(levels), start)
+    scan = _compute(laws["p16"], levels) + _compute(laws["p8"], target) - _compute(laws["p8"], top)
+    best = min(float(scan.min()), float(_compute(laws["p8"], target)))
+    assert best * (1 - 1e-9) <= plan.total_compute <= best * (1 + 1e-3)
+    assert [seg.shape for seg in plan.segments] == order  # the jump's dip makes the switch pay here
+    assert plan.segments[1].loss_jump == pytest.approx(float(jump(plan.segments[1].loss_start)), rel=1e-12)
+    assert abs(plan.segments[1].loss_start - sweet) < 0.3
+    assert plan.switch_jumps == {pair: "a function of the switch loss"}
+    assert plan.compute_at(target, laws) == pytest.approx(plan.total_compute, rel=1e-9)
+    _check_invariants(plan, laws)
+
+    constant = optimal_schedule(laws, target, switch_jump={pair: 0.2}, order=order)
+    as_function = optimal_schedule(laws, target, switch_jump={pair: lambda e: np.full(np.shape(e), 0.2)}, order=order)
+    assert as_function.total_compute == constant.total_compute
+    assert [vars(s) for s in as_function.segments] == [vars(s) for s in constant.segments]
+    free = optimal_schedule(laws, target, switch_jump={pair: 0.0}, order=order)
+    negative = optimal_schedule(laws, target, switch_jump={pair: lambda e: np.full(np.shape(e), -0.1)}, order=order)
+    assert negative.total_compute < free.total_compute
+    below = optimal_schedule(laws, target, order=order,
+                             switch_jump={pair: lambda e: laws["p8"].c - np.asarray(e) - 0.01})
+    assert [seg.shape for seg in below.segments] == ["p8"]
+    with pytest.raises(ValueError, match=r"switch_jump\[\('p16', 'p8'\)\]\(.*\) is nan"):
+        optimal_schedule(laws, target, switch_jump={pair: lambda e: np.full(np.shape(e), np.nan)}, order=order)
+
+
 def test_jumps_and_order_reject_bad_input():
     laws = {"a": PowerLaw(1.0, 1.0, 0.5, 1.0), "b": PowerLaw(1.2, 1.0, 0.5, 1.0)}
     with pytest.raises(ValueError, match="switch_jump must be >= 0"):

@@ -1,5 +1,5 @@
 """The demo's bookkeeping: first crossing of a target on an eval curve, the target rule,
-the measured switch jumps, savings per target and seed, the laws' bound check and
+the measured switch jumps (raw, and effective from switch probes), savings per target and seed, the laws' bound check and
 fallback, shape schedules from plans, and the CLI's schedule parser."""
 
 import math
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from adaptkern.cli.train import parse_schedule
-from adaptkern.train.adaptive import choose_targets, first_crossing, switch_jumps, target_entry
+from adaptkern.train.adaptive import (JumpCurve, choose_targets, effective_jump, first_crossing, probe_switches,
+                                     switch_jumps, target_entry)
 from adaptkern import schedule as ak_schedule
 from adaptkern.train.laws import EmpiricalCurve, JoinedCurve, fit_laws
 from adaptkern.train.schedule import ShapeSchedule
@@ -79,6 +80,67 @@ def test_switch_jumps_are_the_median_rise_forward_only():
     jumps = switch_jumps(records, ["p16", "p8", "p4"])
     assert jumps[("p16", "p8")] == pytest.approx(0.1) and jumps[("p16", "p4")] == 0.0  # a fall is no jump
     assert jumps[("p8", "p4")] == pytest.approx(0.05) and ("p8", "p16") not in jumps
+
+
+class _Law:
+    """E(C) = c + (L0 - c)(1 + C/d)^-b, the demo's anchored form, written out here."""
+
+    def __init__(self, c, L0, b, d):
+        self.c, self.L0, self.b, self.d = c, L0, b, d
+
+    def predict(self, compute):
+        return self.c + (self.L0 - self.c) * (1 + np.asarray(compute, dtype=float) / self.d) ** -self.b
+
+    def inverse(self, loss):
+        loss = np.asarray(loss, dtype=float)
+        with np.errstate(all="ignore"):
+            return np.where(loss > self.c, self.d * (((self.L0 - self.c) / (loss - self.c)) ** (1 / self.b) - 1), np.inf)
+
+
+def test_effective_jump_makes_the_laws_predict_the_probe(seed):
+    """A probe switched a -> b at C_s and reached the target at C_x: the effective jump J is
+    the one for which b's law, started from a's loss at C_s plus J, needs C_x - C_s more, so
+    a plan switching there predicts what the probe measured. Probes built from a known jump
+    (either sign) give it back; a probe no better than a fresh start, or one that never got
+    there, is charged a restart (the jump back to b's fresh loss); one that reached the target
+    before it switched measured no jump."""
+    rng = np.random.default_rng(seed)
+    coarse = _Law(0.9, 2.3, rng.uniform(0.8, 1.5), rng.uniform(1e9, 5e9))
+    fine = _Law(0.4, 2.3, rng.uniform(0.8, 1.5), rng.uniform(1e10, 5e10))
+    target = 0.8 + rng.uniform(0.0, 0.2)
+    switch = rng.uniform(2e9, 2e10)
+    loss = float(coarse.predict(switch))
+    for true_jump in (rng.uniform(0.05, 0.5), -rng.uniform(0.01, 0.1)):
+        crossing = switch + float(fine.inverse(target) - fine.inverse(loss + true_jump))
+        got_loss, jump, how = effective_jump(coarse, fine, switch, crossing, target)
+        assert got_loss == pytest.approx(loss, rel=1e-12) and how == "measured"
+        assert jump == pytest.approx(true_jump, rel=1e-6, abs=1e-9)
+    for crossing in (None, switch + 1.01 * float(fine.inverse(target))):
+        _, jump, how = effective_jump(coarse, fine, switch, crossing, target)
+        assert jump == pytest.approx(2.3 - loss, rel=1e-12) and "restart" in how
+    _, jump, how = effective_jump(coarse, fine, switch, 0.9 * switch, target)  # there before it switched
+    assert jump is None and "before the switch" in how
+
+
+def test_jump_curve_between_and_beyond_the_probes(seed):
+    rng = np.random.default_rng(seed)
+    losses, jumps = np.array([1.2, 1.8, 1.5]), rng.uniform(-0.1, 0.5, 3)  # unsorted, as probes come
+    curve = JumpCurve(losses, jumps, fresh=2.3)
+    inside = rng.uniform(1.2, 1.8, 5)
+    order = np.argsort(losses)
+    assert np.allclose(curve(inside), np.interp(inside, losses[order], jumps[order]), rtol=0, atol=1e-15)
+    assert curve(np.array([2.1]))[0] == jumps[1]             # an earlier switch: the earliest probe's jump
+    assert curve(np.array([1.0]))[0] == pytest.approx(1.3)   # later than any probe: a restart, 2.3 - 1.0
+    assert JumpCurve(losses, jumps, fresh=2.3, later=0.7)(np.array([1.0, 1.5]))[0] == 0.7  # or the raw jump
+    with pytest.raises(ValueError, match="at least one probe"):
+        JumpCurve([], [], fresh=2.3)
+
+
+def test_probe_switches_are_log_spaced_from_2_to_50_percent():
+    assert probe_switches(1e11, 4) == pytest.approx([2e9, 1e11 * 0.02 * 25 ** (1 / 3), 1e11 * 0.02 * 25 ** (2 / 3),
+                                                     5e10], rel=1e-12)
+    assert probe_switches(1e11, 1) == pytest.approx([1e10], rel=1e-12)
+    assert probe_switches(1e11, 0) == []
 
 
 def test_target_entry_savings_and_upper_bounds():

@@ -1,5 +1,6 @@
 """From runs to numbers: eval curves, first crossings of a target, the target rule, the
-measured switch jumps, and the savings over seeds.
+measured switch jumps (raw, from cross-shape evals, and effective, from switch probes), and
+the savings over seeds.
 
 Crossings: the training compute at which an eval curve first reaches a target, interpolated
 linearly in log-compute between the last eval above it and the first at or below it; the
@@ -89,6 +90,68 @@ def switch_jumps(records: dict, order) -> dict:
             if values:
                 jumps[(a, b)] = float(np.median(values))
     return jumps
+
+
+PROBE_RULE = ("switch probes on the tuning seed, each pair (a, b) forward in the shape order whose b curve reaches "
+              "the headline target: a at its tuned setting until C_s, then b at its tuned setting until the headline "
+              "(or twice the best tuning run's compute to it); C_s log-spaced from 2% to 50% of a's tuning run's "
+              "compute to the headline; the effective jump is the one with which the laws predict the probe's FLOPs "
+              "to the headline (a probe that reached it before its switch measures nothing and is left out)")
+
+
+def effective_jump(law_from, law_to, switch_compute: float, crossing_compute, target: float):
+    """(switch loss E, effective jump J, how) of one switch probe: a run trained on shape a
+    (``law_from``, the planner's curve) until ``switch_compute``, then on b (``law_to``),
+    first reached ``target`` at ``crossing_compute`` (None: never). Along the planner's
+    curves a switch at E = law_from(C_s) costs C_b(target) - C_b(E + J) more compute to the
+    target; J is the jump that makes that the measured crossing_compute - C_s, so a plan
+    switching there predicts what the probe measured. A probe that did no better than a
+    fresh b run (or never reached the target) gets the jump back to b's fresh loss: a
+    restart, the most the model can charge. J < 0: the switched run beat b's law from E.
+    J None: the probe reached the target before it switched (no jump measured)."""
+    loss = float(np.asarray(law_from.predict(float(switch_compute)), dtype=float))
+    fresh = float(np.asarray(law_to.predict(0.0), dtype=float))
+    if crossing_compute is not None and crossing_compute <= switch_compute:
+        return loss, None, "reached the target before the switch: measures nothing"
+    if crossing_compute is None:
+        return loss, fresh - loss, "not reached: charged a restart"
+    needed = float(np.asarray(law_to.inverse(float(target)), dtype=float))
+    left = needed - (float(crossing_compute) - float(switch_compute))
+    if not math.isfinite(needed) or left <= 0:
+        return loss, fresh - loss, "no better than a fresh start: charged a restart"
+    return loss, float(np.asarray(law_to.predict(left), dtype=float)) - loss, "measured"
+
+
+class JumpCurve:
+    """The effective jump of one switch as a function of the loss at the switch, from probes
+    (switch loss, jump): linear between them, the highest-loss probe's jump above them (an
+    earlier switch), and below the lowest probed loss (a later switch than any probe) the
+    raw jump ``later`` measured late in training where there is one, else the jump back to
+    the new shape's fresh loss ``fresh``: a restart."""
+
+    def __init__(self, losses, jumps, fresh: float, later=None):
+        order = np.argsort(losses)
+        self.losses = np.asarray(losses, dtype=float)[order]
+        self.jumps = np.asarray(jumps, dtype=float)[order]
+        self.fresh, self.later = float(fresh), None if later is None else float(later)
+        if not len(self.losses) or not np.isfinite(self.losses).all() or not np.isfinite(self.jumps).all():
+            raise ValueError("JumpCurve: needs at least one probe, with finite losses and jumps")
+
+    def __call__(self, losses):
+        losses = np.asarray(losses, dtype=float)
+        inside = np.interp(losses, self.losses, self.jumps)
+        late = self.fresh - losses if self.later is None else np.full(losses.shape, self.later)
+        return np.where(losses < self.losses[0], late, inside)
+
+
+def probe_switches(compute_to_headline: float, points: int) -> list:
+    """Switch computes of the probes of one pair (``PROBE_RULE``): ``points`` log-spaced from
+    2% to 50% of the first shape's compute to the headline (one point: the geometric
+    middle). Not later: a switch near that compute finds the run at the headline already."""
+    if points < 1:
+        return []
+    fractions = np.geomspace(0.02, 0.5, points) if points > 1 else np.array([0.1])
+    return [float(f * compute_to_headline) for f in fractions]
 
 
 def spread(values) -> dict:

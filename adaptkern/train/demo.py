@@ -16,7 +16,14 @@ Protocol (every step resumable with ``resume=True``; what each step spends is bo
    curve (``laws.fit_laws``).
 3. Targets: ``adaptive.TARGET_RULE`` (five losses, the middle one the headline).
 4. Switch jumps: at the tuning runs' late evals the same model is also evaluated at the
-   other shapes; the median rise is the jump the planner is given.
+   other shapes; the median rise is the raw jump (reported; the planner's jump for a pair
+   without probes). Then switch probes (``adaptive.PROBE_RULE``, the tuning seed): runs
+   that switch a -> b at a few points on a's way to the headline target; each gives
+   the *effective* jump at its switch loss (``adaptive.effective_jump``: the one with which
+   the laws predict the probe's FLOPs to the headline target), and the planner gets them
+   as a function of the switch loss (``adaptive.JumpCurve``; a later switch than any probe
+   is charged the raw jump, measured late). A model recovers from a switch faster than the
+   raw jump implies.
 5. Plan: ``ak.schedule.optimal_schedule`` from the measured step-0 loss to the lowest
    target, switches only forward in the shape order, jumps charged.
 6. Measured runs, for every seed: each static shape at its tuned setting, and the adaptive
@@ -44,8 +51,8 @@ import torch
 
 from .. import schedule as ak_schedule
 from . import distributed
-from .adaptive import (TARGET_RULE, choose_targets, final_loss, first_crossing, spread,
-                       switch_jumps, target_entry)
+from .adaptive import (PROBE_RULE, TARGET_RULE, JumpCurve, choose_targets, effective_jump, final_loss,
+                       first_crossing, probe_switches, spread, switch_jumps, target_entry)
 from .data import ImageFolderData, SyntheticCopyText, SyntheticScales, TextFileData
 from .io import read_json, write_json
 from .laws import fit_laws
@@ -60,17 +67,19 @@ from .tasks import LMTask, VisionTask
 PRESETS = {
     "vit": {"shapes": ["p16", "p8", "p4"], "budget": 1.5e11, "grid": [256, 512, 1024], "grid_extend": 2,
             "num_eval": 512, "n_evals": 10, "first_eval_fraction": 0.02, "lr": 2e-3, "seeds": 3, "oracle_points": 4,
-            "dense_ratio": 1.1, "warmup_steps": 30},
+            "probe_points": 4, "dense_ratio": 1.1, "warmup_steps": 30},
     "lm": {"shapes": ["ctx16", "ctx64", "ctx256"], "budget": 1.5e11, "grid": [512, 1024, 2048], "grid_extend": 2,
            "num_eval": 8192, "n_evals": 10, "first_eval_fraction": 0.02, "lr": 3e-3, "seeds": 3, "oracle_points": 4,
-           "dense_ratio": 1.1, "warmup_steps": 30},
+           "probe_points": 4, "dense_ratio": 1.1, "warmup_steps": 30},
 }
 # --fast (CI): tiny budgets, one seed, two settings per shape: proves the pipeline, not the science.
 FAST = {
     "vit": {"budget": 5e9, "grid": [256, 1024], "grid_extend": 0, "num_eval": 64, "n_evals": 6,
-            "first_eval_fraction": 0.05, "seeds": 1, "oracle_points": 2, "dense_ratio": 1.25, "warmup_steps": 3},
+            "first_eval_fraction": 0.05, "seeds": 1, "oracle_points": 2, "probe_points": 1, "dense_ratio": 1.25,
+            "warmup_steps": 3},
     "lm": {"budget": 5e9, "grid": [512, 1024], "grid_extend": 0, "num_eval": 1024, "n_evals": 6,
-           "first_eval_fraction": 0.05, "seeds": 1, "oracle_points": 2, "dense_ratio": 1.25, "warmup_steps": 3},
+           "first_eval_fraction": 0.05, "seeds": 1, "oracle_points": 2, "probe_points": 1, "dense_ratio": 1.25,
+           "warmup_steps": 3},
 }
 TUNE_SEED_OFFSET = 1000  # the tuning seed is seed + 1000: never one of the measured seeds
 
@@ -397,6 +406,21 @@ def _demo_steps(run, model, settings, fixed, base, names, images, text, device, 
                                            "flops_to_target": first_crossing(t["record"]["evals"], headline)[0]}
                                           for t in tried[s]]} for s in names}
     start_loss = max(r["initial"]["loss"] for r in tune_records.values())
+    # dense evals once the smoothed training loss is halfway from the start to the highest
+    # target: the moving average lags, so the margin must cover its lag before the first crossing
+    dense_below = targets[0] + 0.5 * (start_loss - targets[0])
+    lr = {s: settings["lr"] for s in names}
+
+    # 4b. switch probes (tuning seed): the effective jump of each forward switch
+    probes, skipped = _switch_probes(run, model, settings, images, text, names, laws, tune_records, per_shape, lr,
+                                     common, tune_seed, dense_below, headline, budget, out)
+    summary["switch_probes"] = {"rule": PROBE_RULE, "tried": [{k: v for k, v in p.items() if k != "record"}
+                                                              for p in probes], "not_probed": skipped}
+    plan_jumps = {k: v for k, v in jumps.items() if k[0] in laws and k[1] in laws}
+    for a, b in {(p["from"], p["to"]) for p in probes if p["effective_jump"] is not None}:
+        mine = [p for p in probes if (p["from"], p["to"]) == (a, b) and p["effective_jump"] is not None]
+        plan_jumps[a, b] = JumpCurve([p["switch_loss"] for p in mine], [p["effective_jump"] for p in mine],
+                                     float(np.asarray(laws[b].predict(0.0))), later=jumps.get((a, b)))
     plan = None
     try:
         if not laws:
@@ -407,22 +431,17 @@ def _demo_steps(run, model, settings, fixed, base, names, images, text, device, 
         # every plan would begin on that shape, even where another is the best static run, and
         # pay for a segment the switch throws away (a plan predicted worse than static).
         plan_start = min(r["initial"]["loss"] for s, r in tune_records.items() if s in laws)
-        plan = ak_schedule.optimal_schedule(laws, targets[-1], start_loss=plan_start,
-                                            switch_jump={k: v for k, v in jumps.items() if k[0] in laws
-                                                         and k[1] in laws}, order=[s for s in names if s in laws])
+        plan = ak_schedule.optimal_schedule(laws, targets[-1], start_loss=plan_start, switch_jump=plan_jumps,
+                                            order=[s for s in names if s in laws])
     except ValueError as error:
         summary["plan_error"] = str(error)
     if plan is not None:
         predicted = {t: plan.compute_at(t, laws) for t in targets}
         summary["plan"] = {**plan.to_dict(), "trigger": switch_on, "predicted_flops": predicted[headline],
                            "predicted_flops_by_target": [{"loss": t, "flops": predicted[t]} for t in targets]}
-    # dense evals once the smoothed training loss is halfway from the start to the highest
-    # target: the moving average lags, so the margin must cover its lag before the first crossing
-    dense_below = targets[0] + 0.5 * (start_loss - targets[0])
 
     # 6. measured runs, all at once
     static, adaptive, pending = {s: [] for s in names}, [], []
-    lr = {s: settings["lr"] for s in names}
     for run_seed in seed_list:
         task = make_task(model, settings, images=images, text=text, seed=run_seed, per_shape=per_shape)
         config = RunConfig(seed=run_seed, dense_below=dense_below, dense_ratio=settings["dense_ratio"], **common)
@@ -477,13 +496,12 @@ def _demo_steps(run, model, settings, fixed, base, names, images, text, device, 
         "best_savings": (None if best_oracle is None or not static_first
                          else 1.0 - best_oracle["flops_to_headline"] / static_first)}
     all_runs = ([t["record"] for ts in tried.values() for t in ts] + [r for rs in static.values() for r in rs]
-                + adaptive + [o["record"] for o in oracle])
-    summary["excluded_flops"] = {
-        "eval": int(sum(_eval_flops(r) for r in all_runs)),
-        "sweep": int(sum(t["record"]["compute"] for ts in tried.values() for t in ts)
-                     + sum(o["record"]["compute"] for o in oracle)),
-        "sweep_tuning": int(sum(t["record"]["compute"] for ts in tried.values() for t in ts)),
-        "sweep_oracle": int(sum(o["record"]["compute"] for o in oracle))}
+                + adaptive + [o["record"] for o in oracle] + [p["record"] for p in probes])
+    sweeps = {"sweep_tuning": int(sum(t["record"]["compute"] for ts in tried.values() for t in ts)),
+              "sweep_probes": int(sum(p["record"]["compute"] for p in probes)),
+              "sweep_oracle": int(sum(o["record"]["compute"] for o in oracle))}
+    summary["excluded_flops"] = {"eval": int(sum(_eval_flops(r) for r in all_runs)), "sweep": sum(sweeps.values()),
+                                 **sweeps}
     summary["runs"] = {"static": {s: [_brief(r) for r in rs] for s, rs in static.items()},
                        "adaptive": [_brief(r) for r in adaptive],
                        "tuning": {s: [_brief(t["record"]) for t in ts] for s, ts in tried.items()}}
@@ -502,6 +520,50 @@ def _demo_steps(run, model, settings, fixed, base, names, images, text, device, 
     say(f"\nwrote {os.path.join(out, 'summary.json')} and {os.path.join(out, 'demo.png')} "
         f"({summary['seconds']:.0f} s)")
     return summary
+
+
+def _switch_probes(run, model, settings, images, text, names, laws, tune_records, per_shape, lr, common, tune_seed,
+                   dense_below, headline, budget, out):
+    """Step 4b: ``adaptive.PROBE_RULE``'s runs, each with its effective jump
+    (``adaptive.effective_jump``) against the planner's curves at the headline target:
+    [{from, to, switch_flops, switch_loss, target, flops_to_target, effective_jump, how,
+    record}], and the forward pairs not probed [{from, to, why}]: a pair whose second shape's
+    curve never reaches the headline (its effective jump would be a restart whatever the
+    probe measured) or with no switch point before the cap; the planner keeps their raw
+    jumps. Why the headline and not the plan's (lowest) target: it is the goal's target, and
+    crossings are less noisy there (a single probe's jump absorbs its run's noise; see the
+    README's account of both)."""
+    skipped, goal = [], headline
+    reached = [c for c in (first_crossing(r["evals"], goal)[0] for r in tune_records.values()) if c]
+    cap = int(min(budget, 2 * min(reached))) if reached else budget
+    task = make_task(model, settings, images=images, text=text, seed=tune_seed, per_shape=per_shape)
+    config = RunConfig(seed=tune_seed, dense_below=dense_below, dense_ratio=settings["dense_ratio"],
+                       **{**common, "budget": cap, "lr": lr, "stop_at_loss": goal})
+    todo = []
+    for i, a in enumerate(names):
+        if a not in laws:
+            continue
+        own = first_crossing(tune_records[a]["evals"], headline)[0] or budget
+        for b in names[i + 1:]:
+            if b not in laws:
+                continue
+            if not np.isfinite(np.asarray(laws[b].inverse(goal), dtype=float)).all():
+                skipped.append({"from": a, "to": b, "why": f"{b}'s curve never reaches the headline target"})
+                continue
+            points = [c for c in probe_switches(own, int(settings.get("probe_points", 0))) if c < cap]
+            if not points:
+                skipped.append({"from": a, "to": b, "why": "no switch point before the probes' compute cap"})
+            todo += [(a, b, c) for c in points]
+    pending = [run.submit(task, ShapeSchedule(((a, c), (b, None))), config,
+                          os.path.join(out, "probe", f"{a}-{b}-{c:.3g}"), f"probe {a}->{b} at {c:.3g}")
+               for a, b, c in todo]
+    probes = []
+    for (a, b, c), record in zip(todo, run.gather(pending, "switch probes")):
+        crossing = first_crossing(record["evals"], goal)[0]
+        loss, jump, how = effective_jump(laws[a], laws[b], c, crossing, goal)
+        probes.append({"from": a, "to": b, "switch_flops": c, "switch_loss": loss, "target": goal,
+                       "flops_to_target": crossing, "effective_jump": jump, "how": how, "record": record})
+    return probes, skipped
 
 
 def _brief(record) -> dict:

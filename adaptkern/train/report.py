@@ -67,7 +67,21 @@ def table(summary: dict) -> str:
         early = f", {early} warmup evals" if early else ""
         lines.append(f"  {shape:<7} {params}  rms log residual {rms}  used: {law['used']}{early}{note}")
     if summary.get("switch_jumps"):
-        lines.append("measured switch jumps: " + ", ".join(f"{k} {v:+.3f}" for k, v in summary["switch_jumps"].items()))
+        lines.append("switch jumps measured late in the tuning runs (same model, other shape): " + ", ".join(
+            f"{k} {v:+.3f}" for k, v in summary["switch_jumps"].items()))
+    probed = summary.get("switch_probes") or {}
+    probes = probed.get("tried")
+    if probes:
+        lines.append("effective jumps given to the planner (switch probes, tuning seed; the jump with which the laws "
+                     f"predict the probe's FLOPs to the headline target {probes[0]['target']:.4f}):")
+        for p in probes:
+            reached = "not reached" if p["flops_to_target"] is None else f"{p['flops_to_target']:.3g} FLOPs"
+            note = "" if p["how"] == "measured" else f" [{p['how']}]"
+            jump = "-" if p["effective_jump"] is None else f"{p['effective_jump']:+.3f}"
+            lines.append(f"  {p['from']}->{p['to']} at {p['switch_flops']:.3g} (loss {p['switch_loss']:.3f}): target "
+                         f"{reached}, jump {jump}{note}")
+    for p in probed.get("not_probed") or []:
+        lines.append(f"  {p['from']}->{p['to']} not probed ({p['why']}): the planner uses its raw jump")
     plan = summary.get("plan")
     if plan:
         lines.append(f"plan ({plan['trigger']} trigger): " + "  ->  ".join(
@@ -90,6 +104,7 @@ def table(summary: dict) -> str:
     ex = summary.get("excluded_flops")
     if ex:
         lines.append(f"not in the counts above: evals {ex['eval']:.3g} FLOPs, sweeps {ex['sweep']:.3g} FLOPs "
-                     f"(tuning {ex['sweep_tuning']:.3g}, oracle {ex['sweep_oracle']:.3g})")
+                     f"(tuning {ex['sweep_tuning']:.3g}, switch probes {ex.get('sweep_probes', 0):.3g}, oracle "
+                     f"{ex['sweep_oracle']:.3g})")
     lines += ["", f"verdict: {summary['verdict']['claim']}"]
     return "\n".join(lines)
