@@ -107,9 +107,9 @@ def test_effective_jump_makes_the_laws_predict_the_probe(seed):
     rng = np.random.default_rng(seed)
     coarse = _Law(0.9, 2.3, rng.uniform(0.8, 1.5), rng.uniform(1e9, 5e9))
     fine = _Law(0.4, 2.3, rng.uniform(0.8, 1.5), rng.uniform(1e10, 5e10))
-    target = 0.8 + rng.uniform(0.0, 0.2)
     switch = rng.uniform(2e9, 2e10)
     loss = float(coarse.predict(switch))
+    target = fine.c + rng.uniform(0.3, 0.7) * (loss - 0.1 - fine.c)  # below any landing loss E + J, J >= -0.1
     for true_jump in (rng.uniform(0.05, 0.5), -rng.uniform(0.01, 0.1)):
         crossing = switch + float(fine.inverse(target) - fine.inverse(loss + true_jump))
         got_loss, jump, how = effective_jump(coarse, fine, switch, crossing, target)
