@@ -28,7 +28,7 @@ Not adopted: the math path wins only on the contiguous layout and short sequence
 at 256 and beyond: 0.5x at 1 x 1024 in a scratch run); on the packed layout, what the op
 receives, one bmm per sequence loses to the flash kernel at the goal's 8 x 128, and copying
 to a (B*H, L, D) layout and back (a scratch variant) cost more than the math path saves
-(0.54-0.67x). It would also need lse (one more pass) to keep the op's contract.
+(0.54-0.77x). It would also need lse (one more pass) to keep the op's contract.
 """
 
 import statistics
