@@ -417,8 +417,11 @@ def _demo_steps(run, model, settings, fixed, base, names, images, text, device, 
     summary["switch_probes"] = {"rule": PROBE_RULE, "tried": [{k: v for k, v in p.items() if k != "record"}
                                                               for p in probes], "not_probed": skipped}
     plan_jumps = {k: v for k, v in jumps.items() if k[0] in laws and k[1] in laws}
-    for a, b in {(p["from"], p["to"]) for p in probes if p["effective_jump"] is not None}:
-        mine = [p for p in probes if (p["from"], p["to"]) == (a, b) and p["effective_jump"] is not None]
+    measured = {}  # (from, to) -> its probes that measured a jump
+    for p in probes:
+        if p["effective_jump"] is not None:
+            measured.setdefault((p["from"], p["to"]), []).append(p)
+    for (a, b), mine in measured.items():
         plan_jumps[a, b] = JumpCurve([p["switch_loss"] for p in mine], [p["effective_jump"] for p in mine],
                                      float(np.asarray(laws[b].predict(0.0))), later=jumps.get((a, b)))
     plan = None
@@ -533,21 +536,22 @@ def _switch_probes(run, model, settings, images, text, names, laws, tune_records
     jumps. Why the headline and not the plan's (lowest) target: it is the goal's target, and
     crossings are less noisy there (a single probe's jump absorbs its run's noise; see the
     README's account of both)."""
-    skipped, goal = [], headline
-    reached = [c for c in (first_crossing(r["evals"], goal)[0] for r in tune_records.values()) if c]
+    skipped = []
+    crossings = {s: first_crossing(r["evals"], headline)[0] for s, r in tune_records.items()}
+    reached = [c for c in crossings.values() if c]
     cap = int(min(budget, 2 * min(reached))) if reached else budget
     task = make_task(model, settings, images=images, text=text, seed=tune_seed, per_shape=per_shape)
     config = RunConfig(seed=tune_seed, dense_below=dense_below, dense_ratio=settings["dense_ratio"],
-                       **{**common, "budget": cap, "lr": lr, "stop_at_loss": goal})
+                       **{**common, "budget": cap, "lr": lr, "stop_at_loss": headline})
     todo = []
     for i, a in enumerate(names):
         if a not in laws:
             continue
-        own = first_crossing(tune_records[a]["evals"], headline)[0] or budget
+        own = crossings[a] or budget
         for b in names[i + 1:]:
             if b not in laws:
                 continue
-            if not np.isfinite(np.asarray(laws[b].inverse(goal), dtype=float)).all():
+            if not np.isfinite(np.asarray(laws[b].inverse(headline), dtype=float)).all():
                 skipped.append({"from": a, "to": b, "why": f"{b}'s curve never reaches the headline target"})
                 continue
             points = [c for c in probe_switches(own, int(settings.get("probe_points", 0))) if c < cap]
@@ -559,9 +563,9 @@ def _switch_probes(run, model, settings, images, text, names, laws, tune_records
                for a, b, c in todo]
     probes = []
     for (a, b, c), record in zip(todo, run.gather(pending, "switch probes")):
-        crossing = first_crossing(record["evals"], goal)[0]
-        loss, jump, how = effective_jump(laws[a], laws[b], c, crossing, goal)
-        probes.append({"from": a, "to": b, "switch_flops": c, "switch_loss": loss, "target": goal,
+        crossing = first_crossing(record["evals"], headline)[0]
+        loss, jump, how = effective_jump(laws[a], laws[b], c, crossing, headline)
+        probes.append({"from": a, "to": b, "switch_flops": c, "switch_loss": loss, "target": headline,
                        "flops_to_target": crossing, "effective_jump": jump, "how": how, "record": record})
     return probes, skipped
 
