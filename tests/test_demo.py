@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from conftest import SESSION_SEED
 
+from adaptkern.train.adaptive import free_switch
+
 DEMO_SEED = SESSION_SEED % 1000
 
 
@@ -120,6 +122,10 @@ def test_demo_fast_end_to_end(clean_demo):
                 assert saving is None
             else:
                 assert math.isclose(saving, 1 - a / st, rel_tol=1e-9)
+        for i, (switch, saving) in enumerate(zip(entry["free_switch"]["per_seed"],
+                                                 entry["free_switch"]["savings_per_seed"])):
+            assert switch == free_switch({s: runs["static"][s][i]["evals"] for s in shapes}, target)
+            assert saving is None or saving >= -1e-12  # staying on the best static shape is one "switch"
         values = [v for v in entry["savings_per_seed"] if v is not None]
         if values:
             assert math.isclose(entry["savings"]["mean"], float(np.mean(values)), rel_tol=1e-9)

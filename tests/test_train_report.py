@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from adaptkern.cli.train import parse_schedule
-from adaptkern.train.adaptive import (JumpCurve, choose_targets, effective_jump, first_crossing, probe_switches,
-                                     switch_jumps, target_entry)
+from adaptkern.train.adaptive import (JumpCurve, choose_targets, crossings, effective_jump, first_crossing,
+                                     free_switch, probe_switches, switch_jumps, target_entry)
 from adaptkern import schedule as ak_schedule
 from adaptkern.train.laws import EmpiricalCurve, JoinedCurve, fit_laws
 from adaptkern.train.schedule import ShapeSchedule
@@ -159,9 +159,90 @@ def test_target_entry_savings_and_upper_bounds():
                                        first_crossing(s["evals"], target)[0], rel=1e-12)
         assert saving > 0
     assert entry["savings"]["min"] == min(entry["savings_per_seed"]) and entry["savings"]["n"] == 2
+    for i, (switch, saving) in enumerate(zip(entry["free_switch"]["per_seed"], entry["free_switch"]["savings_per_seed"])):
+        assert switch == free_switch({s: runs[i]["evals"] for s, runs in static.items()}, target)
+        assert saving == pytest.approx(1 - switch["flops"] / first_crossing(static["b"][i]["evals"], target)[0])
+        assert saving >= -1e-12  # staying on the best static shape is one of the switches
     # a run already below the target at its first eval gives no number (only an upper bound)
     early = target_entry(2.4, False, static, adaptive)
     assert all(v is None for v in early["adaptive_flops"]) and early["savings"]["mean"] is None
+
+
+def test_crossings_are_first_crossing_at_every_level(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(20):
+        n = int(rng.integers(1, 15))
+        compute, loss = np.sort(rng.uniform(1e6, 1e12, n)), rng.uniform(0.5, 3.0, n)  # noisy, not monotone
+        evals = _evals(compute, loss)
+        levels = np.concatenate([rng.uniform(0.0, 3.5, 40), loss])  # exact eval losses: the edge cases
+        for level, got in zip(levels, crossings(evals, levels)):
+            want, how = first_crossing(evals, level)
+            if how == "interpolated":
+                assert got == pytest.approx(want, rel=1e-12)
+            else:
+                assert math.isnan(got)
+
+
+def _log_linear(compute, start, slope):
+    """Loss start - slope * ln C: linear in log-compute, which the crossings interpolate exactly."""
+    return start - slope * np.log(compute)
+
+
+def test_free_switch_finds_the_analytic_best_switch(seed):
+    """Two curves linear in log-compute: C_a(E) = exp((A - E) / alpha), C_b likewise; the cost
+    C_a(E) + C_b(T) - C_b(E) is least where C_a(E) / alpha = C_b(E) / beta. The coarse shape a
+    starts lower and flattens, the fine shape b starts higher and falls faster."""
+    rng = np.random.default_rng(seed)
+    compute = np.geomspace(1e6, 1e12, 61)
+    alpha, beta = rng.uniform(0.08, 0.12), rng.uniform(0.18, 0.25)
+    switch, c_a = rng.uniform(1.0, 2.0), math.exp(rng.uniform(16.0, 20.0))  # the optimum, placed inside
+    start_a = switch + alpha * math.log(c_a)
+    start_b = switch + beta * math.log(c_a * beta / alpha)  # C_b(switch) = C_a(switch) * beta / alpha
+    runs = {"a": _evals(compute, _log_linear(compute, start_a, alpha)),
+            "b": _evals(compute, _log_linear(compute, start_b, beta))}
+    assert switch == pytest.approx((start_b / beta - start_a / alpha - math.log(beta) + math.log(alpha))
+                                   / (1 / beta - 1 / alpha))
+    target = switch - rng.uniform(0.3, 0.6)
+    c_b_target = math.exp((start_b - target) / beta)
+    want = c_a + c_b_target - math.exp((start_b - switch) / beta)
+    assert want < min(c_b_target, math.exp((start_a - target) / alpha))  # the switch pays
+    got = free_switch(runs, target)
+    assert (got["from"], got["to"]) == ("a", "b")
+    assert got["flops"] == pytest.approx(want, rel=1e-4) and got["flops"] >= want * (1 - 1e-12)
+    assert got["switch_loss"] == pytest.approx(switch, abs=(start_a - target) / 512 * 2)
+
+
+def test_free_switch_brute_force_and_edge_cases(seed):
+    """Against a scan of first_crossing over a fine grid and every eval loss (and just below
+    it: a noisy curve's crossing jumps there), on noisy curves; a static run when no switch pays; None when no run reaches the target."""
+    rng = np.random.default_rng(seed)
+    compute = np.geomspace(1e8, 1e11, 16)
+    runs = {s: _evals(compute, 0.5 + rng.uniform(1.5, 3.0) * (compute / 1e8) ** -rng.uniform(0.1, 0.6)
+                      + rng.normal(0, 0.02, len(compute))) for s in ("p16", "p8", "p4")}
+    target = float(np.median([min(r["loss"] for r in ev) for ev in runs.values()])) + 0.05
+    got = free_switch(runs, target)
+    best = min((c for c in (first_crossing(ev, target) for ev in runs.values()) if c[1] == "interpolated"),
+               default=(math.inf, None))[0]
+    for a, ev_a in runs.items():
+        for b, ev_b in runs.items():
+            c_bt, how = first_crossing(ev_b, target)
+            if a == b or how != "interpolated":
+                continue
+            top = min(min(ev_a, key=lambda r: r["compute"])["loss"], min(ev_b, key=lambda r: r["compute"])["loss"])
+            losses = np.array([r["loss"] for r in ev_a + ev_b])
+            for level in np.concatenate([np.linspace(target, top, 4001)[1:-1], losses, losses - 1e-9]):
+                if not target < level < top:
+                    continue
+                (c_a, how_a), (c_b, how_b) = first_crossing(ev_a, level), first_crossing(ev_b, level)
+                if how_a == how_b == "interpolated":
+                    best = min(best, c_a + c_bt - c_b)
+    assert got["flops"] == pytest.approx(best, rel=2e-3) and got["flops"] >= best * (1 - 2e-3)
+    # a shape that is fastest at every loss: staying on it is the best "switch"
+    fast = {name: _evals(compute, _log_linear(compute, start, 0.3)) for name, start in (("fast", 9.0), ("slow", 9.5))}
+    got = free_switch(fast, 2.0)
+    assert (got["from"], got["to"]) == ("fast", "fast")
+    assert got["flops"] == pytest.approx(first_crossing(fast["fast"], 2.0)[0], rel=1e-12)
+    assert free_switch(fast, 1.0) is None  # below both curves
 
 
 def test_a_shape_below_the_target_at_its_first_eval_still_counts_as_the_faster_one(seed):

@@ -35,6 +35,9 @@ Protocol (every step resumable with ``resume=True``; what each step spends is bo
    the plan does not switch: to the later shape whose tuning run ended lowest) at several
    compute points (10% to 60% of the best static shape's FLOPs to the headline target);
    the best of them is what a perfect single-switch plan would have achieved.
+   Free switch (no runs): per seed and target, the best single switch on the static curves
+   if switching cost nothing and the loss were the whole state (``adaptive.FREE_SWITCH_RULE``):
+   how much room the shapes' own learning curves leave for any switching schedule.
 8. Report: ``<out>/summary.json`` (the keys of DESIGN.md's "main job's report"), the
    printed table and ``<out>/demo.png``.
 """
@@ -51,8 +54,8 @@ import torch
 
 from .. import schedule as ak_schedule
 from . import distributed
-from .adaptive import (PROBE_RULE, TARGET_RULE, JumpCurve, choose_targets, effective_jump, final_loss,
-                       first_crossing, probe_switches, spread, switch_jumps, target_entry)
+from .adaptive import (FREE_SWITCH_RULE, PROBE_RULE, TARGET_RULE, JumpCurve, choose_targets, effective_jump,
+                       final_loss, first_crossing, probe_switches, spread, switch_jumps, target_entry)
 from .data import ImageFolderData, SyntheticCopyText, SyntheticScales, TextFileData
 from .io import read_json, write_json
 from .laws import fit_laws
@@ -399,6 +402,7 @@ def _demo_steps(run, model, settings, fixed, base, names, images, text, device, 
     summary = {"task": base.describe(), "shapes": names, "budget": budget, "device": str(device),
                "world_size": distributed.world_size(), "seeds": seed_list, "tune_seed": tune_seed,
                "target_rule": "given with --target-loss" if target_loss is not None else TARGET_RULE,
+               "free_switch_rule": FREE_SWITCH_RULE,
                "laws": law_report, "switch_jumps": {f"{a}->{b}": j for (a, b), j in jumps.items()}}
     summary["baselines"] = {s: {"chosen": {batch_key: per_shape[s], "lr": settings["lr"]},
                                 "tried": [{batch_key: t["setting"], "lr": settings["lr"],

@@ -1,7 +1,8 @@
 """The demo's figure: (left) held-out loss vs exact training FLOPs of every measured run --
 each static shape per seed, the adaptive run per seed with its switch points -- with the
 targets; (right) the adaptive run's savings over the best tuned static shape at every
-target (mean over seeds, min-max bars), with the plan's prediction and the oracle."""
+target (mean over seeds, min-max bars), with the plan's prediction, the oracle and what a
+cost-free switch would save on the static curves (``adaptive.FREE_SWITCH_RULE``)."""
 
 import textwrap
 
@@ -71,6 +72,10 @@ def plot_demo(summary: dict, laws: dict, path) -> str:
                 pred.append((row["loss"], 100 * (1 - row["flops"] / np.mean(st))))
         if pred:
             bx.plot(*zip(*pred), "s--", color="tab:blue", ms=4, label="plan's prediction vs measured static")
+    free = [(t["loss"], 100 * t["free_switch"]["savings"]["mean"]) for t in targets
+            if (t.get("free_switch") or {}).get("savings", {}).get("mean") is not None]
+    if free:
+        bx.plot(*zip(*free), "^:", color="tab:green", ms=4, label="free switch (static curves, loss as the state)")
     oracle = summary.get("oracle", {}).get("best_savings")
     head = next((t for t in targets if t["headline"]), None)
     if oracle is not None and head is not None:

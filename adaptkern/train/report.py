@@ -44,6 +44,11 @@ def verdict(summary: dict) -> dict:
                         f"({_pct(out['prediction_error'])})")
         if sv["mean"] <= 0:
             out["claim"] = "the adaptive run did NOT beat the best tuned static shape: " + out["claim"]
+    free = head.get("free_switch", {}).get("savings", {})
+    out["free_switch_savings"] = free or None
+    if free.get("mean") is not None:
+        out["claim"] += (f"; a cost-free switch with the loss as the state could have saved {_pct(free['mean'])} "
+                         f"[{_pct(free['min'])}, {_pct(free['max'])}] on the same static curves")
     oracle = summary.get("oracle", {}).get("best_savings")
     if oracle is not None:
         out["claim"] += f"; best single switch (oracle, seed {summary['oracle']['seed']}): {_pct(oracle)} saved"
@@ -88,7 +93,7 @@ def table(summary: dict) -> str:
             f"{seg['shape']} to loss {seg['loss_end']:.3f} ({seg['compute']:.3g} FLOPs)" for seg in plan["segments"]))
     lines.append("")
     head = f"{'target':>8} {'best static':>11} {'static FLOPs (mean)':>20} {'adaptive (mean)':>16} " \
-           f"{'savings mean [min, max]':>26} {'per seed':>24} {'eval gap':>8}"
+           f"{'savings mean [min, max]':>26} {'per seed':>24} {'eval gap':>8} {'free switch':>11}"
     lines += [head, "-" * len(head)]
     for t in summary.get("targets", []):
         st = [v for v in t["static_flops"][t["best_static_shape"]] if v is not None]
@@ -98,9 +103,11 @@ def table(summary: dict) -> str:
         gap = "-" if t["max_eval_ratio_at_crossings"] is None else f"{t['max_eval_ratio_at_crossings']:.2f}x"
         lines.append(f"{t['loss']:>8.4f}{'*' if t['headline'] else ' '}{t['best_static_shape']:>10} "
                      f"{_fmt(sum(st) / len(st) if st else None):>20} {_fmt(sum(ad) / len(ad) if ad else None):>16} "
-                     f"{span:>26} {' '.join(_pct(x) for x in t['savings_per_seed']):>24} {gap:>8}")
+                     f"{span:>26} {' '.join(_pct(x) for x in t['savings_per_seed']):>24} {gap:>8} "
+                     f"{_pct((t.get('free_switch') or {}).get('savings', {}).get('mean')):>11}")
     lines.append("(* headline; savings = 1 - adaptive / best static per seed, exact training FLOPs to the first "
-                 "crossing, interpolated between evals)")
+                 "crossing, interpolated between evals; free switch: mean over seeds of the saving of the best "
+                 "single switch if it cost nothing and the loss were the whole state, from the static curves alone)")
     ex = summary.get("excluded_flops")
     if ex:
         lines.append(f"not in the counts above: evals {ex['eval']:.3g} FLOPs, sweeps {ex['sweep']:.3g} FLOPs "
