@@ -214,6 +214,32 @@ def test_demo_killed_mid_sweep_resumes_without_redoing_runs(clean_demo, tmp_path
     assert _numbers(got) == _numbers(want)
 
 
+def test_no_probes_and_no_oracle(clean_demo, tmp_path):
+    """--probes 0 --oracle-points 0 on the fast demo's finished runs (--resume keeps them):
+    every forward pair is reported unprobed with that reason, the planner gets the raw
+    jumps, nothing is spent on probes or the oracle, and the tuning runs are not redone."""
+    import shutil
+
+    reference, _ = clean_demo
+    out = tmp_path / "out"
+    shutil.copytree(reference / "tune", out / "tune")
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "tune").glob("*/record.json")}
+    proc = subprocess.run(_demo(out, "--resume", "--probes", "0", "--oracle-points", "0"), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert stamps and all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    summary = json.loads((out / "summary.json").read_text())
+    shapes = summary["shapes"]
+    forward = {(a, b) for i, a in enumerate(shapes) for b in shapes[i + 1:]}
+    probes = summary["switch_probes"]
+    assert probes["tried"] == [] and not (out / "probe").exists()
+    assert probes["not_probed"] and {(p["from"], p["to"]) for p in probes["not_probed"]} <= forward
+    assert all(p["why"] == "no probes asked for (--probes 0)" for p in probes["not_probed"])
+    assert summary["oracle"]["tried"] == [] and summary["oracle"]["best"] is None
+    assert summary["excluded_flops"]["sweep_probes"] == 0 and summary["excluded_flops"]["sweep_oracle"] == 0
+    assert "oracle" not in summary["verdict"]["claim"]
+
+
 @pytest.mark.parametrize("optimum, extend, expected", [
     (5.0, 2, [4, 8, 16, 2]),        # best at the small edge: one halving finds the inside optimum
     (0.3, 2, [4, 8, 16, 2, 1]),     # still at the edge after one step: a second halving

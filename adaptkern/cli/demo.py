@@ -51,7 +51,8 @@ def run(args) -> int:
         run_demo(args.model, images=args.images, text=args.text, shapes=args.shapes, budget=args.budget,
                  device=args.device, out=args.out, fast=args.fast, seed=args.seed, resume=args.resume,
                  target_loss=args.target_loss, batch_size=args.batch_size, tokens_per_batch=args.tokens_per_batch,
-                 evals=args.evals, seeds=args.seeds, switch_on=args.switch_on, progress=not args.no_progress,
+                 evals=args.evals, seeds=args.seeds, switch_on=args.switch_on, probes=args.probes,
+                 oracle_points=args.oracle_points, progress=not args.no_progress,
                  jobs=jobs, threads=torch.get_num_threads())
     except (ValueError, OSError) as error:
         print(f"adaptkern demo: error: {error}", file=sys.stderr)
@@ -75,6 +76,12 @@ def register(subparsers) -> None:
     parser.add_argument("--fast", action="store_true", help="tiny budgets (CI): checks the pipeline in seconds")
     parser.add_argument("--seeds", type=int, metavar="N",
                         help="measured seeds (SEED, SEED+1, ...; default 3, 1 with --fast); tuning uses SEED+1000")
+    parser.add_argument("--probes", type=int_at_least(0), metavar="N",
+                        help="switch probes per forward shape pair on the tuning seed (default 4, 1 with --fast; 0: "
+                             "none, the planner gets the raw jumps measured late in the tuning runs)")
+    parser.add_argument("--oracle-points", type=int_at_least(0), metavar="N",
+                        help="single switch points the oracle tries on the first seed (default 4, 2 with --fast; "
+                             "0: no oracle)")
     parser.add_argument("--switch-on", choices=["loss", "compute"], default="loss",
                         help="adaptive switches when the smoothed training loss reaches the planned level (default) "
                              "or when the compute reaches the planned FLOPs")

@@ -120,6 +120,9 @@ def settings_for(model: str, *, fast: bool = False, **overrides) -> dict:
         raise ValueError(f"--evals must be at least 2, got {settings['n_evals']}")
     if int(settings["seeds"]) < 1:
         raise ValueError(f"--seeds must be at least 1, got {settings['seeds']}")
+    for key, flag in (("probe_points", "--probes"), ("oracle_points", "--oracle-points")):
+        if int(settings[key]) < 0:
+            raise ValueError(f"{flag} must be at least 0, got {settings[key]}")
     return settings
 
 
@@ -316,8 +319,11 @@ def _eval_flops(record) -> int:
 def run_demo(model: str = "vit", *, images=None, text=None, shapes=None, budget=None, device=None,
              out="adaptkern-demo", fast: bool = False, seed: int = 0, resume: bool = False, target_loss=None,
              batch_size=None, tokens_per_batch=None, evals=None, seeds=None, switch_on: str = "loss",
-             progress: bool = True, log=print, jobs: int = 1, threads: int = 1) -> dict:
-    """Run the whole demo (see the module docstring); returns the summary dict. ``jobs``:
+             probes=None, oracle_points=None, progress: bool = True, log=print, jobs: int = 1,
+             threads: int = 1) -> dict:
+    """Run the whole demo (see the module docstring); returns the summary dict. ``probes``:
+    switch probes per forward pair (0: none, the planner gets the raw jumps); ``oracle_points``:
+    single switches the oracle tries (0: no oracle); None keeps the preset's. ``jobs``:
     runs trained at once, in worker processes of ``threads`` torch threads each (1: one by
     one in this process, on its threads); the numbers are the same. The workers are started
     with multiprocessing's "spawn" method, so a script calling this with ``jobs`` > 1 must
@@ -327,7 +333,8 @@ def run_demo(model: str = "vit", *, images=None, text=None, shapes=None, budget=
     if int(jobs) > 1 and distributed.world_size() > 1:
         raise ValueError("--jobs > 1 does not go with torchrun: under torchrun every rank trains every run")
     started = time.perf_counter()
-    settings = settings_for(model, fast=fast, shapes=shapes, budget=budget, n_evals=evals, seeds=seeds)
+    settings = settings_for(model, fast=fast, shapes=shapes, budget=budget, n_evals=evals, seeds=seeds,
+                            probe_points=probes, oracle_points=oracle_points)
     fixed = batch_size if model == "vit" else tokens_per_batch
     base = make_task(model, settings, images=images, text=text, seed=seed)
     names = [base.short_name(s) for s in settings["shapes"]]
@@ -547,7 +554,7 @@ def _switch_probes(run, model, settings, images, text, names, laws, tune_records
     task = make_task(model, settings, images=images, text=text, seed=tune_seed, per_shape=per_shape)
     config = RunConfig(seed=tune_seed, dense_below=dense_below, dense_ratio=settings["dense_ratio"],
                        **{**common, "budget": cap, "lr": lr, "stop_at_loss": headline})
-    todo = []
+    todo, count = [], int(settings.get("probe_points", 0))
     for i, a in enumerate(names):
         if a not in laws:
             continue
@@ -555,10 +562,13 @@ def _switch_probes(run, model, settings, images, text, names, laws, tune_records
         for b in names[i + 1:]:
             if b not in laws:
                 continue
+            if not count:
+                skipped.append({"from": a, "to": b, "why": "no probes asked for (--probes 0)"})
+                continue
             if not np.isfinite(np.asarray(laws[b].inverse(headline), dtype=float)).all():
                 skipped.append({"from": a, "to": b, "why": f"{b}'s curve never reaches the headline target"})
                 continue
-            points = [c for c in probe_switches(own, int(settings.get("probe_points", 0))) if c < cap]
+            points = [c for c in probe_switches(own, count) if c < cap]
             if not points:
                 skipped.append({"from": a, "to": b, "why": "no switch point before the probes' compute cap"})
             todo += [(a, b, c) for c in points]
