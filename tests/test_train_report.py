@@ -159,7 +159,8 @@ def test_target_entry_savings_and_upper_bounds():
                                        first_crossing(s["evals"], target)[0], rel=1e-12)
         assert saving > 0
     assert entry["savings"]["min"] == min(entry["savings_per_seed"]) and entry["savings"]["n"] == 2
-    for i, (switch, saving) in enumerate(zip(entry["free_switch"]["per_seed"], entry["free_switch"]["savings_per_seed"])):
+    free = entry["free_switch"]
+    for i, (switch, saving) in enumerate(zip(free["per_seed"], free["savings_per_seed"])):
         assert switch == free_switch({s: runs[i]["evals"] for s, runs in static.items()}, target)
         assert saving == pytest.approx(1 - switch["flops"] / first_crossing(static["b"][i]["evals"], target)[0])
         assert saving >= -1e-12  # staying on the best static shape is one of the switches
@@ -214,7 +215,8 @@ def test_free_switch_finds_the_analytic_best_switch(seed):
 
 def test_free_switch_brute_force_and_edge_cases(seed):
     """Against a scan of first_crossing over a fine grid and every eval loss (and just below
-    it: a noisy curve's crossing jumps there), on noisy curves; a static run when no switch pays; None when no run reaches the target."""
+    it: a noisy curve's crossing jumps there), on noisy curves; a static run when no switch
+    pays; None when no run reaches the target."""
     rng = np.random.default_rng(seed)
     compute = np.geomspace(1e8, 1e11, 16)
     runs = {s: _evals(compute, 0.5 + rng.uniform(1.5, 3.0) * (compute / 1e8) ** -rng.uniform(0.1, 0.6)

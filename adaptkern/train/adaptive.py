@@ -157,7 +157,8 @@ def probe_switches(compute_to_headline: float, points: int) -> list:
 FREE_SWITCH_RULE = ("the least FLOPs to the target of one switch a -> b (any two shapes, or none) if switching cost "
                     "nothing and the loss were the whole state: a's static run to a loss E, then b's static run from "
                     "its own first crossing of E to the target (C_a(E) + C_b(target) - C_b(E)), E on a grid and at "
-                    "every eval loss between the target and both runs' first evals; per seed, from that seed's static runs alone")
+                    "every eval loss between the target and both runs' first evals; per seed, from that seed's "
+                    "static runs alone")
 
 
 def crossings(evals, levels) -> np.ndarray:
@@ -167,8 +168,9 @@ def crossings(evals, levels) -> np.ndarray:
     levels = np.asarray(levels, dtype=float)
     if len(loss) < 2:  # no eval above a level and one below it: nothing to interpolate
         return np.full(levels.shape, np.nan)
-    lowest = np.minimum.accumulate(loss)  # the first eval at or below a level is the first where this is
-    i = np.searchsorted(-lowest, -levels, side="left")  # count of evals still above each level
+    # the first eval at or below a level is the first whose running minimum is: a sorted search
+    lowest = np.minimum.accumulate(loss)
+    i = np.searchsorted(-lowest, -levels, side="left")  # how many evals come before it
     inside = (i > 0) & (i < len(loss))
     j = np.where(inside, i, 1)
     l0, l1 = loss[j - 1], loss[j]
