@@ -87,8 +87,8 @@ class Plan:
         for seg in self.segments:
             if loss >= seg.loss_end:
                 shape = _Shape(seg.shape, laws[seg.shape])
-                top = min(seg.loss_start + seg.loss_jump, shape.fresh)
-                ends = shape.static(np.array([top, max(loss, seg.loss_end)]))
+                top = _landing(shape, np.array([seg.loss_start]), np.array([seg.loss_jump]), self.target_loss)
+                ends = shape.static(np.array([top[0], max(loss, seg.loss_end)]))
                 return float(seg.compute_start + ends[1] - ends[0])
         return self.total_compute
 
@@ -479,6 +479,15 @@ def _with_crossings(shapes, grid):
     return np.unique(np.concatenate([grid, extra]))[::-1]
 
 
+def _landing(shape, losses, jumps, target):
+    """The loss right after switching into ``shape`` at ``losses`` with ``jumps``: never above
+    its fresh loss, and a (negative) jump that lands below the target lands at the target:
+    the switch reached it, with no compute after it (never a negative one). A landing at or
+    below the asymptote is kept: ``static`` gives inf there, and the switch is not taken."""
+    landed = np.minimum(losses + jumps, shape.fresh)
+    return np.where(landed > shape.c, np.maximum(landed, target), landed)
+
+
 def _dp_switches(shapes, nodes, kappa, jumps, rank):
     """Least compute + kappa per switch + the jumps' climb back, over plans that switch only
     at ``nodes`` (descending) and, with ``rank``, only forward in it."""
@@ -492,7 +501,7 @@ def _dp_switches(shapes, nodes, kappa, jumps, rank):
     for i, k in itertools.product(range(n_shapes), repeat=2):
         if i == k or (rank is not None and rank[i] >= rank[k]):
             continue
-        top = shapes[k].static(np.minimum(nodes[:-1] + jumps.at(i, k, nodes[:-1]), shapes[k].fresh))
+        top = shapes[k].static(_landing(shapes[k], nodes[:-1], jumps.at(i, k, nodes[:-1]), nodes[-1]))
         with np.errstate(invalid="ignore"):  # top inf: the jump lands at or below k's asymptote
             enter[i, k] = np.where(np.isfinite(compute[k, :-1]) & np.isfinite(top), kappa + compute[k, :-1] - top,
                                    np.inf)
@@ -532,7 +541,7 @@ def _build_plan(shapes, switches, start, target, kappa, jumps=None):
     segments, spent, previous = [], 0.0, None
     for n, ((loss_start, k), loss_end) in enumerate(zip(switches, bounds)):  # switches[0] is at start
         jump = float(jumps.at(previous, k, np.array([loss_start]))[0]) if (n and jumps is not None) else 0.0
-        top = min(loss_start + jump, shapes[k].fresh)
+        top = float(_landing(shapes[k], np.array([loss_start]), np.array([jump]), target)[0])
         ends = shapes[k].static(np.array([top, loss_end]))
         compute = float(ends[1] - ends[0])
         begin = spent + (kappa if n else 0.0)

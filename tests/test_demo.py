@@ -286,6 +286,14 @@ def test_lm_demo_tunes_a_context_longer_than_the_grid_start(tmp_path):
                        progress=False, log=lambda *a, **k: None)
     tried = {s: [t["tokens_per_step"] for t in b["tried"]] for s, b in summary["baselines"].items()}
     assert tried == {"ctx64": [512, 1024], "ctx1024": [1024]}
+    # every context is scored at ctx1024: a raw jump would be 0 by construction, so none is reported or used
+    assert summary["switch_jumps"] == {} and "ctx1024" in summary["switch_jumps_note"]
+    from adaptkern.train.report import table
+
+    printed = table(summary)
+    assert summary["switch_jumps_note"] in printed and "measured late in the tuning runs (same model" not in printed
+    for p in summary["switch_probes"]["not_probed"]:
+        assert f"{p['from']}->{p['to']} not probed ({p['why']}): the planner uses no jump (0)" in printed
 
 
 def test_lm_task_refuses_training_windows_longer_than_a_step():

@@ -119,11 +119,14 @@ def _check_invariants(plan, laws):
     for prev, nxt in zip(segs, segs[1:]):
         assert prev.loss_end == nxt.loss_start and prev.shape != nxt.shape
         assert nxt.compute_start == pytest.approx(prev.compute_end + plan.switch_cost, rel=1e-12)
-    for seg in segs:
+    for n, seg in enumerate(segs):
         assert seg.loss_start > seg.loss_end > laws[seg.shape].c
         assert seg.loss_start <= _fresh(laws[seg.shape]) * (1 + 1e-12)  # no free descent
-        assert seg.compute > 0  # every segment costs compute
         top = min(seg.loss_start + seg.loss_jump, _fresh(laws[seg.shape]))
+        if top <= plan.target_loss:  # a negative jump that reached the target at the switch: nothing after
+            assert n == len(segs) - 1 and n > 0 and seg.compute == 0.0
+            continue
+        assert seg.compute > 0  # every segment costs compute
         along = _compute(laws[seg.shape], np.array([top, seg.loss_end]))
         assert seg.compute == pytest.approx(along[1] - along[0], rel=1e-12, abs=tiny)
         assert seg.compute_end == pytest.approx(seg.compute_start + seg.compute, rel=1e-12)
@@ -448,6 +451,33 @@ def test_a_jump_that_depends_on_the_switch_loss(seed):
     assert [seg.shape for seg in below.segments] == ["p8"]
     with pytest.raises(ValueError, match=r"switch_jump\[\('p16', 'p8'\)\]\(.*\) is nan"):
         optimal_schedule(laws, target, switch_jump={pair: lambda e: np.full(np.shape(e), np.nan)}, order=order)
+
+
+def test_a_negative_jump_that_lands_below_the_target_reaches_it_at_the_switch(seed):
+    """A measured jump can be negative (the switched run beat the new shape's law); one that
+    would land below the target lands at it: the switch reached the target, nothing is spent
+    after it, and no segment has negative compute (it used to: the landing's compute was
+    subtracted from the target's). Against a dense scan of single switch points."""
+    rng = np.random.default_rng(seed)
+    laws = _patch_laws(rng, 2)
+    order, pair = ["p16", "p8"], ("p16", "p8")
+    target = laws["p16"].c + rng.uniform(0.05, 0.3)  # both shapes get there
+    start = _fresh(laws["p8"])
+    drop = rng.uniform(0.2, 0.8) * (start - target)  # a gain large enough to overshoot the target
+    plan = optimal_schedule(laws, target, switch_jump={pair: lambda e: np.full(np.shape(e), -drop)}, order=order,
+                            grid_size=2 ** 14)  # the best switch is a kink (landing at the target): a finer scan
+    levels = np.append(np.linspace(target, start, 200001)[1:-1], target + drop)  # and the kink itself
+    landed = levels - drop
+    after = np.where(landed > laws["p8"].c,
+                     _compute(laws["p8"], target) - _compute(laws["p8"], np.maximum(landed, target)), np.inf)
+    scan = _compute(laws["p16"], levels) + after
+    best = min(float(scan.min()), float(_compute(laws["p8"], target)), float(_compute(laws["p16"], target)))
+    assert best * (1 - 1e-9) <= plan.total_compute <= best * (1 + 1e-3)
+    assert all(seg.compute >= 0 for seg in plan.segments)
+    if len(plan.segments) == 2 and plan.segments[1].loss_start - drop <= target:
+        assert plan.segments[1].compute == 0.0  # reached at the switch
+    assert plan.compute_at(target, laws) == pytest.approx(plan.total_compute, rel=1e-9)
+    _check_invariants(plan, laws)
 
 
 def test_jumps_and_order_reject_bad_input():

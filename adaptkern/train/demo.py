@@ -22,8 +22,10 @@ Protocol (every step resumable with ``resume=True``; what each step spends is bo
    the *effective* jump at its switch loss (``adaptive.effective_jump``: the one with which
    the laws predict the probe's FLOPs to the headline target), and the planner gets them
    as a function of the switch loss (``adaptive.JumpCurve``; a later switch than any probe
-   is charged the raw jump, measured late). A model recovers from a switch faster than the
-   raw jump implies.
+   is charged the raw jump, measured late; the LM, whose raw jumps are 0 by construction
+   since every context is scored at the longest one, gets the latest probe's jump there, or
+   none if it was negative).
+   A model recovers from a switch faster than the raw jump implies.
 5. Plan: ``ak.schedule.optimal_schedule`` from the measured step-0 loss to the lowest
    target, switches only forward in the shape order, jumps charged.
 6. Measured runs, for every seed: each static shape at its tuned setting, and the adaptive
@@ -405,12 +407,20 @@ def _demo_steps(run, model, settings, fixed, base, names, images, text, device, 
     laws, law_report = fit_laws(tune_records, settings["warmup_steps"])
     targets = [float(target_loss)] if target_loss is not None else choose_targets(tune_records)
     headline = targets[len(targets) // 2]  # the middle one (f = 0.20 of five)
-    jumps = switch_jumps(tune_records, names)
+    # The LM scores every context on the same tokens at the longest one, so a model's eval does
+    # not depend on the context it trains at: its raw jump would be 0 by construction, not a
+    # measurement, and is not used (a switch later than every probe gets the latest probe's
+    # jump, or none if that one was negative: a gain measured early is not extrapolated).
+    jumps = switch_jumps(tune_records, names) if eval_shape is None else {}
     summary = {"task": base.describe(), "shapes": names, "budget": budget, "device": str(device),
                "world_size": distributed.world_size(), "seeds": seed_list, "tune_seed": tune_seed,
                "target_rule": "given with --target-loss" if target_loss is not None else TARGET_RULE,
                "free_switch_rule": FREE_SWITCH_RULE,
                "laws": law_report, "switch_jumps": {f"{a}->{b}": j for (a, b), j in jumps.items()}}
+    if eval_shape is not None:
+        summary["switch_jumps_note"] = (f"no raw jumps: every shape is scored at {eval_shape}, so the same model "
+                                        "scores the same at every shape; a switch later than every probe is charged "
+                                        "the latest probe's jump (none if it was negative)")
     summary["baselines"] = {s: {"chosen": {batch_key: per_shape[s], "lr": settings["lr"]},
                                 "tried": [{batch_key: t["setting"], "lr": settings["lr"],
                                            "final_loss": final_loss(t["record"]["evals"]),
@@ -433,8 +443,10 @@ def _demo_steps(run, model, settings, fixed, base, names, images, text, device, 
         if p["effective_jump"] is not None:
             measured.setdefault((p["from"], p["to"]), []).append(p)
     for (a, b), mine in measured.items():
+        latest = max(0.0, min(mine, key=lambda p: p["switch_loss"])["effective_jump"])
         plan_jumps[a, b] = JumpCurve([p["switch_loss"] for p in mine], [p["effective_jump"] for p in mine],
-                                     float(np.asarray(laws[b].predict(0.0))), later=jumps.get((a, b)))
+                                     float(np.asarray(laws[b].predict(0.0))),
+                                     later=jumps.get((a, b), latest if eval_shape is not None else None))
     plan = None
     try:
         if not laws:

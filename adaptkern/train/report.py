@@ -71,6 +71,8 @@ def table(summary: dict) -> str:
         early = law.get("transient_points")
         early = f", {early} warmup evals" if early else ""
         lines.append(f"  {shape:<7} {params}  rms log residual {rms}  used: {law['used']}{early}{note}")
+    if summary.get("switch_jumps_note"):
+        lines.append(f"switch jumps late in the tuning runs: {summary['switch_jumps_note']}")
     if summary.get("switch_jumps"):
         lines.append("switch jumps measured late in the tuning runs (same model, other shape): " + ", ".join(
             f"{k} {v:+.3f}" for k, v in summary["switch_jumps"].items()))
@@ -85,8 +87,11 @@ def table(summary: dict) -> str:
             jump = "-" if p["effective_jump"] is None else f"{p['effective_jump']:+.3f}"
             lines.append(f"  {p['from']}->{p['to']} at {p['switch_flops']:.3g} (loss {p['switch_loss']:.3f}): target "
                          f"{reached}, jump {jump}{note}")
+    raw = summary.get("switch_jumps") or {}
     for p in probed.get("not_probed") or []:
-        lines.append(f"  {p['from']}->{p['to']} not probed ({p['why']}): the planner uses its raw jump")
+        pair = f"{p['from']}->{p['to']}"
+        uses = f"its raw jump {raw[pair]:+.3f}" if pair in raw else "no jump (0)"
+        lines.append(f"  {pair} not probed ({p['why']}): the planner uses {uses}")
     plan = summary.get("plan")
     if plan:
         lines.append(f"plan ({plan['trigger']} trigger): " + "  ->  ".join(
