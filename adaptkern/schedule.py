@@ -263,7 +263,8 @@ def optimal_schedule(laws, target_loss, start_loss=None, switch_cost=0.0, *, gri
             {(from_shape, to_shape): jump} (missing pairs: 0). A switch into s at loss E
             then costs C_s(E) - C_s(E + jump) more, along s's law. A dict value may also be
             a function of E (losses array -> jumps array, finite, any sign): an effective
-            jump measured where it was switched; a switch that would land at or below s's
+            jump measured where it was switched; a switch that would land below the target
+            reaches it there (nothing spent after it), one that would land at or below s's
             asymptote is not taken.
         order: a list of the shapes; switches only move forward in it (e.g. patch sizes
             only shrink). None: any order.
