@@ -78,7 +78,7 @@ def register(subparsers) -> None:
                         help="measured seeds (SEED, SEED+1, ...; default 3, 1 with --fast); tuning uses SEED+1000")
     parser.add_argument("--probes", type=int_at_least(0), metavar="N",
                         help="switch probes per forward shape pair on the tuning seed (default 4, 1 with --fast; 0: "
-                             "none, the planner gets the raw jumps measured late in the tuning runs)")
+                             "none, the planner gets the raw jumps measured late in the tuning runs; none for lm)")
     parser.add_argument("--oracle-points", type=int_at_least(0), metavar="N",
                         help="single switch points the oracle tries on the first seed (default 4, 2 with --fast; "
                              "0: no oracle)")
