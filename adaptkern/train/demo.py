@@ -443,10 +443,11 @@ def _demo_steps(run, model, settings, fixed, base, names, images, text, device, 
         if p["effective_jump"] is not None:
             measured.setdefault((p["from"], p["to"]), []).append(p)
     for (a, b), mine in measured.items():
-        latest = max(0.0, min(mine, key=lambda p: p["switch_loss"])["effective_jump"])
+        later = jumps.get((a, b))  # a switch later than every probe: the raw jump, measured late
+        if later is None and eval_shape is not None:  # the LM has none: its latest probe's, never a gain
+            later = max(0.0, min(mine, key=lambda p: p["switch_loss"])["effective_jump"])
         plan_jumps[a, b] = JumpCurve([p["switch_loss"] for p in mine], [p["effective_jump"] for p in mine],
-                                     float(np.asarray(laws[b].predict(0.0))),
-                                     later=jumps.get((a, b), latest if eval_shape is not None else None))
+                                     float(np.asarray(laws[b].predict(0.0))), later=later)
     plan = None
     try:
         if not laws:
