@@ -164,7 +164,11 @@ FREE_SWITCH_RULE = ("the least FLOPs to the target of one switch a -> b (any two
 def crossings(evals, levels) -> np.ndarray:
     """``first_crossing``'s compute for many target levels at once (NaN where the curve never
     reaches a level or is already below it at its first eval)."""
-    compute, loss = curve(evals)
+    return _crossings(*curve(evals), levels)
+
+
+def _crossings(compute, loss, levels) -> np.ndarray:
+    """:func:`crossings` on a curve already in compute order."""
     levels = np.asarray(levels, dtype=float)
     if len(loss) < 2:  # no eval above a level and one below it: nothing to interpolate
         return np.full(levels.shape, np.nan)
@@ -186,7 +190,8 @@ def free_switch(runs: dict, target: float, levels: int = 512):
     single switch to save when the loss is the state, as the law-based plan assumes; a run
     that learns faster after a switch than b's fresh run at the same loss (a negative
     effective jump) can beat it, and a minimum over noisy curves leans optimistic."""
-    finish = {s: crossings(ev, [target])[0] for s, ev in runs.items()}
+    curves = {s: curve(ev) for s, ev in runs.items()}  # (compute, loss) in compute order, once
+    finish = {s: _crossings(*c, [target])[0] for s, c in curves.items()}
     reached = {s: c for s, c in finish.items() if np.isfinite(c)}
     if not reached:
         return None
@@ -197,16 +202,16 @@ def free_switch(runs: dict, target: float, levels: int = 512):
         for b, c_b in reached.items():
             if a == b:
                 continue
-            top = min(curve(runs[a])[1][0], curve(runs[b])[1][0])
+            top = min(curves[a][1][0], curves[b][1][0])  # the lower of the two first evals' losses
             if top <= target:
                 continue
             # a grid, and every eval loss and the level just below it: the crossing of a noisy
             # curve jumps to a later eval just below a dip, and the least cost can sit there
-            kinks = np.concatenate([curve(runs[a])[1], curve(runs[b])[1]])
+            kinks = np.concatenate([curves[a][1], curves[b][1]])
             grid = np.concatenate([np.linspace(target, top, levels + 1, endpoint=False)[1:], kinks,
                                    np.nextafter(kinks, -np.inf)])
             grid = grid[(grid > target) & (grid < top)]
-            cost = crossings(runs[a], grid) + c_b - crossings(runs[b], grid)
+            cost = _crossings(*curves[a], grid) + c_b - _crossings(*curves[b], grid)
             if np.isfinite(cost).any() and np.nanmin(cost) < best["flops"]:
                 k = int(np.nanargmin(cost))
                 best = {"flops": float(cost[k]), "from": a, "to": b, "switch_loss": float(grid[k])}
