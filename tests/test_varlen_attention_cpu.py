@@ -1,12 +1,17 @@
-"""The "cpu" backend of adaptkern.varlen_attention (PyTorch's CPU flash kernel per length
-bucket) against the reference backend: every mask kind, GQA, zero-length sequences, lse
-and its gradient, float64 and float32, NaN confinement, the custom-op checks and
-torch.compile(fullgraph=True) on every backend."""
+"""The "cpu" backend of adaptkern.varlen_attention against the reference backend, on both of
+its paths: the compiled tiled kernel (adaptkern.cpu.native, float32 / float64) and the
+composition of PyTorch's CPU flash kernel per length bucket (float16 / bfloat16, and
+wherever the kernel cannot be built): every mask kind, GQA, zero-length sequences, sequences
+spanning several tiles, lse and its gradient, float64 and float32, NaN confinement, the
+custom-op checks and torch.compile(fullgraph=True) on every backend."""
+
+import os
 
 import pytest
 import torch
 
 import adaptkern as ak
+from adaptkern.cpu import native
 from adaptkern.cpu import varlen_attention as cpu_attention
 
 from helpers import assert_rel_close
@@ -15,6 +20,23 @@ from test_varlen_attention import MASKS, grads, make_batch, random_lengths
 # Masks the cpu backend treats specially: causal with Lq == Lk is the kernel's is_causal;
 # bottom-right causal with Lq < Lk and Lq > Lk (rows that see nothing) go through a mask.
 CPU_MASKS = MASKS + [(True, (2, 3)), (False, (7, 7)), (False, (0, 0))]
+
+
+@pytest.fixture(params=["compiled", "composed"])
+def cpu_path(request, monkeypatch):
+    """Runs a test on each path of the cpu backend (the compiled kernel must build here)."""
+    if request.param == "composed":
+        monkeypatch.setenv(native.ENV_VAR, "0")
+    else:
+        monkeypatch.delenv(native.ENV_VAR, raising=False)
+        assert native.extension() is not None, native.status()
+    return request.param
+
+
+@pytest.fixture
+def composed(monkeypatch):
+    """The composition of PyTorch's flash kernel, for tests of its bucketing."""
+    monkeypatch.setenv(native.ENV_VAR, "0")
 
 
 def _run(backend, q, k, v, cu_q, cu_k, max_q, max_k, **mask):
@@ -44,6 +66,7 @@ def _compare(q, k, v, cu_q, cu_k, max_q, max_k, dtype, **mask):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("causal,window_size", CPU_MASKS)
 @pytest.mark.parametrize("heads", [(4, 4), (4, 2), (3, 1)])
+@pytest.mark.usefixtures("cpu_path")
 def test_cpu_matches_reference(dtype, causal, window_size, heads):
     lengths_q = random_lengths(7, 13)
     # Equal lengths (is_causal path), and independent ones (Lq != Lk, empty sides).
@@ -54,6 +77,7 @@ def test_cpu_matches_reference(dtype, causal, window_size, heads):
     _compare(*batch, dtype, causal=causal, window_size=window_size)
 
 
+@pytest.mark.usefixtures("composed")
 def test_cpu_equal_lengths_are_one_bucket_and_match():
     # One bucket covering every row: the kernel's outputs are returned without a copy.
     lengths = [9] * 5
@@ -67,6 +91,7 @@ def test_cpu_equal_lengths_are_one_bucket_and_match():
 @pytest.mark.parametrize("causal,window_size", CPU_MASKS)
 @pytest.mark.parametrize("lengths_q,lengths_k,heads", [([9] * 5, [9] * 5, (4, 2)), ([5] * 3, [11] * 3, (3, 1)),
                                                        ([7] * 2, [4] * 2, (2, 2)), ([13], [13], (3, 3))])
+@pytest.mark.usefixtures("composed")
 def test_cpu_uniform_lengths_take_the_direct_path_and_match(monkeypatch, dtype, causal, window_size, lengths_q,
                                                             lengths_k, heads):
     # Every sequence with the same (Lq, Lk): one kernel call on views, no bucketing at all.
@@ -80,6 +105,7 @@ def test_cpu_uniform_lengths_take_the_direct_path_and_match(monkeypatch, dtype, 
     _compare(*batch, dtype, causal=causal, window_size=window_size)
 
 
+@pytest.mark.usefixtures("cpu_path")
 def test_cpu_uniform_lengths_on_strided_inputs():
     # q, k, v as slices of one (T, 3, H, D) projection: the direct path reads them in place.
     lengths = [6] * 4
@@ -88,6 +114,7 @@ def test_cpu_uniform_lengths_on_strided_inputs():
     _compare(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, cu, max_len, max_len, torch.float32, causal=True)
 
 
+@pytest.mark.usefixtures("composed")
 def test_cpu_uniform_lengths_only_when_every_sequence_matches():
     def cu(lengths):
         return torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)
@@ -101,6 +128,7 @@ def test_cpu_uniform_lengths_only_when_every_sequence_matches():
     _compare(*make_batch([4] * 3, [0] * 3, 2, 2, 8, torch.float64), torch.float64)
 
 
+@pytest.mark.usefixtures("cpu_path")
 def test_cpu_rows_without_keys_and_empty_batches():
     # Lq > Lk causal: the first rows see nothing; sequences without keys or without queries.
     batch = make_batch([5, 3, 0, 4], [2, 0, 4, 4], 2, 1, 8, torch.float64)
@@ -110,6 +138,7 @@ def test_cpu_rows_without_keys_and_empty_batches():
     assert out.shape == (0, 2, 8) and lse.shape == (2, 0) and (dk == 0).all() and (dv == 0).all()
 
 
+@pytest.mark.usefixtures("cpu_path")
 def test_cpu_nan_stays_in_its_sequence():
     lengths = [6, 4, 6, 5]
     q, k, v, cu, _, max_len, _ = make_batch(lengths, lengths, 2, 2, 8, torch.float32)
@@ -139,6 +168,7 @@ def test_cpu_is_the_default_for_cpu_tensors_and_float64(monkeypatch):
     assert calls == [1]
 
 
+@pytest.mark.usefixtures("composed")
 def test_cpu_repeats_kv_heads_where_the_kernel_has_no_gqa(monkeypatch):
     batch = make_batch([4, 7, 0], [6, 7, 2], 4, 2, 16, torch.float64)
     monkeypatch.setitem(cpu_attention._PROBED, "gqa", False)
@@ -146,6 +176,7 @@ def test_cpu_repeats_kv_heads_where_the_kernel_has_no_gqa(monkeypatch):
 
 
 @pytest.mark.parametrize("lengths_q,lengths_k", [([3, 0, 5, 3], [4, 2, 5, 4]), ([5] * 3, [5] * 3)])
+@pytest.mark.usefixtures("cpu_path")
 def test_cpu_custom_ops_pass_opcheck(lengths_q, lengths_k):
     # Bucketed, and uniform lengths (outputs that are views of the kernel's, never of inputs).
     q, k, v, cu_q, cu_k, max_q, max_k = make_batch(lengths_q, lengths_k, 4, 2, 8, torch.float64)
@@ -158,3 +189,56 @@ def test_cpu_custom_ops_pass_opcheck(lengths_q, lengths_k):
         bwd_args = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(),
                     torch.randn_like(lse), cu_q, cu_k, max_q, max_k, 0.3, *mask, "cpu")
         torch.library.opcheck(torch.ops.adaptkern.varlen_attn_bwd.default, bwd_args)
+
+
+@pytest.mark.usefixtures("cpu_path")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("causal,window_size", CPU_MASKS + [(False, (70, 5)), (True, (100, -1)), (False, (-1, 65))])
+@pytest.mark.parametrize("heads", [(4, 4), (3, 1)])
+def test_cpu_sequences_over_several_tiles(dtype, causal, window_size, heads):
+    # The compiled kernel cuts sequences in tiles of 64 rows and skips tiles the mask hides:
+    # lengths at, just past and well past tile edges, Lq != Lk both ways, windows wider and
+    # narrower than a tile.
+    extra = torch.randint(1, 200, (2,)).tolist()
+    lengths_q = [64, 65, 0, 130, 1, extra[0], 7]
+    lengths_k = [64, 127, 5, 66, 1, extra[1], 0]
+    _compare(*make_batch(lengths_q, lengths_k, *heads, 16, torch.float64), dtype, causal=causal,
+             window_size=window_size)
+
+
+def test_cpu_compiled_kernel_runs_float32_and_float64_only(monkeypatch):
+    monkeypatch.delenv(native.ENV_VAR, raising=False)
+    calls = []
+    for name in ("_native_forward", "_native_backward"):
+        original = getattr(cpu_attention, name)
+        monkeypatch.setattr(cpu_attention, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    for dtype, expected in ((torch.float32, 2), (torch.float64, 2), (torch.bfloat16, 0)):
+        calls.clear()
+        q, k, v, cu, _, max_len, _ = make_batch([5, 9], [5, 9], 2, 1, 16, dtype)
+        q.requires_grad_()
+        ak.varlen_attention(q, k, v, cu, cu, max_len, max_len, causal=True).sum().backward()
+        assert len(calls) == expected, (dtype, calls)
+
+
+def test_cpu_compiled_kernel_gives_the_same_bits_on_any_thread_count():
+    # Each (sequence, head) is one task, computed in a fixed order by whichever thread takes it.
+    q, k, v, cu_q, cu_k, max_q, max_k = make_batch([70, 3, 0, 150, 64], [70, 9, 4, 150, 1], 4, 2, 32, torch.float32)
+    weights = (torch.randn(q.shape), torch.randn(q.shape[1], q.shape[0]))
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            (out, lse), got = grads(_run("cpu", q, k, v, cu_q, cu_k, max_q, max_k, causal=True), (q, k, v), weights)
+            results.append([out, lse, *got])
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+def test_cpu_compiled_kernel_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv(native.ENV_VAR, "0")
+    assert native.extension() is None and "disabled" in native.status()
+    monkeypatch.delenv(native.ENV_VAR)
+    assert native.extension() is not None and native.status() == "built"

@@ -199,6 +199,13 @@ def _driver() -> Optional[str]:
     return proc.stdout.strip().splitlines()[0] if proc.returncode == 0 and proc.stdout.strip() else None
 
 
+def _cpu_attention_kernel() -> str:
+    """Whether the cpu backend's compiled attention kernel is what the CPU rows timed."""
+    from adaptkern.cpu import native
+
+    return "built" if native.extension() is not None else native.status()
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -226,7 +233,8 @@ def metadata(device, *, command=None, quick=False, rep_ms=None) -> dict:
             "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "triton": triton_version,
             "cuda": torch.version.cuda, "driver": _driver() if on_gpu else None,
             "python": platform.python_version(), "adaptkern": adaptkern.__version__,
-            "cuda_extension_built": adaptkern.cuda_extension_built(), "git_commit": _git("rev-parse", "HEAD"),
+            "cuda_extension_built": adaptkern.cuda_extension_built(),
+            "cpu_attention_kernel": _cpu_attention_kernel() if device.type == "cpu" else None, "git_commit": _git("rev-parse", "HEAD"),
             "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
             "command": command or " ".join(["adaptkern"] + sys.argv[1:]),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quick": bool(quick), "rep_ms": rep_ms,

@@ -1,4 +1,5 @@
-"""``adaptkern info``: versions, devices, backends, and whether the CUDA extension is built."""
+"""``adaptkern info``: versions, devices, backends, whether the CUDA extension is built and
+whether the cpu backend's compiled attention kernel builds here."""
 
 import json
 import platform
@@ -9,6 +10,7 @@ def collect() -> dict:
 
     import adaptkern
     from adaptkern import _backend, _ext
+    from adaptkern.cpu import native
 
     try:
         import triton
@@ -29,6 +31,8 @@ def collect() -> dict:
         "cuda_extension_built": _ext.cuda_extension_built(),
         "cuda_extension_runtime": None,
         "backends": {dev: _backend.available_backends(dev) for dev in devices},
+        # Built here on first use (a C++ compiler is needed); else the cpu backend composes torch's kernels.
+        "cpu_attention_kernel": native.status() if native.extension() is None else "built",
     }
     if _ext.cuda_extension_built():
         version = _ext.cuda_extension().cuda_runtime_version()

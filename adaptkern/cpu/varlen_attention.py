@@ -1,6 +1,9 @@
-"""Variable-length attention on CPU tensors through PyTorch's CPU flash-attention kernel.
+"""Variable-length attention on CPU tensors.
 
-Sequences are bucketed by (Lq, Lk): each bucket is one batched call of
+float32 and float64 run the compiled tiled kernel of :mod:`adaptkern.cpu.native` (every
+sequence and head in one parallel call, masked tiles skipped) when it is available. Otherwise,
+and for float16 / bfloat16, PyTorch's CPU flash-attention kernel is composed:
+sequences are bucketed by (Lq, Lk): each bucket is one batched call of
 ``aten._scaled_dot_product_flash_attention_for_cpu`` (forward, returns lse) or its
 ``_backward``. Packed tensors are (total, H, D), which is the kernel's preferred memory
 layout (B, L, H, D) seen as (B, H, L, D): a bucket of consecutive sequences is a view.
@@ -15,6 +18,7 @@ where the kernel supports it (probed once), else repeats them.
 import torch
 
 from ..reference.varlen_attention import allowed_mask, effective_window
+from . import native
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 _flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
@@ -156,6 +160,42 @@ def _packed_lse(lse):
     return lse.transpose(0, 1).flatten(1).contiguous()
 
 
+_NATIVE_DTYPES = (torch.float32, torch.float64)
+
+
+def _compiled(dtype):
+    """The compiled kernel's module for ``dtype``, or None (then the flash kernel is composed)."""
+    return native.extension() if dtype in _NATIVE_DTYPES else None
+
+
+def _native_forward(ext, q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, left, right):
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    cu_q, cu_k = (cu.to(torch.int32).contiguous() for cu in (cu_seqlens_q, cu_seqlens_k))
+    out, lse = torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]))
+    ext.varlen_attention_forward(q.dtype == torch.float64, q.data_ptr(), k.data_ptr(), v.data_ptr(), cu_q.data_ptr(),
+                                 cu_k.data_ptr(), cu_q.shape[0] - 1, q.shape[0], q.shape[1], k.shape[1], q.shape[2],
+                                 softmax_scale, left, right, out.data_ptr(), lse.data_ptr())
+    return out, lse
+
+
+def _native_backward(ext, dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, softmax_scale, left, right):
+    dout, q, k, v, out, lse = (x.contiguous() for x in (dout, q, k, v, out, lse))
+    dlse = None if dlse is None else dlse.to(lse.dtype).contiguous()
+    cu_q, cu_k = (cu.to(torch.int32).contiguous() for cu in (cu_seqlens_q, cu_seqlens_k))
+    num_heads, num_kv_heads, head_dim = q.shape[1], k.shape[1], q.shape[2]
+    dq = torch.empty_like(q)
+    # One dk / dv slice per query head; a GQA group's slices are summed below.
+    dk, dv = (k.new_empty((k.shape[0], num_heads, head_dim)) for _ in range(2))
+    ext.varlen_attention_backward(q.dtype == torch.float64, dout.data_ptr(), q.data_ptr(), k.data_ptr(),
+                                  v.data_ptr(), out.data_ptr(), lse.data_ptr(), 0 if dlse is None else dlse.data_ptr(),
+                                  cu_q.data_ptr(), cu_k.data_ptr(), cu_q.shape[0] - 1, q.shape[0], num_heads,
+                                  num_kv_heads, head_dim, softmax_scale, left, right, dq.data_ptr(), dk.data_ptr(),
+                                  dv.data_ptr())
+    if num_kv_heads != num_heads:
+        dk, dv = (_split(g, 1, num_kv_heads, num_heads // num_kv_heads).sum(2) for g in (dk, dv))
+    return dq, dk, dv
+
+
 def varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal=False, window_left=-1,
                              window_right=-1):
     """out (total_q, Hq, D) in q's dtype and lse (Hq, total_q) float32 (float64 for float64)
@@ -163,6 +203,9 @@ def varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale,
     total_q, num_heads, _ = q.shape
     group = num_heads // k.shape[1]
     left, right = effective_window(causal, window_left, window_right)
+    ext = _compiled(q.dtype)
+    if ext is not None:
+        return _native_forward(ext, q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, left, right)
     lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     uniform = uniform_lengths(cu_seqlens_q, cu_seqlens_k, total_q, k.shape[0])
     if uniform is not None:
@@ -233,6 +276,10 @@ def varlen_attention_backward(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_se
     backward per bucket; dlse (Hq, total_q) or None."""
     num_kv_heads = k.shape[1]
     left, right = effective_window(causal, window_left, window_right)
+    ext = _compiled(q.dtype)
+    if ext is not None:
+        return _native_backward(ext, dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, softmax_scale, left,
+                                right)
     uniform = uniform_lengths(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0])
     if uniform is not None:
         count, len_q, len_k = uniform
