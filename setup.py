@@ -120,7 +120,7 @@ if _build_mode() != "off" and (CSRC / "module.cpp").exists():
 setup(
     packages=find_packages(include=["adaptkern", "adaptkern.*"]) + ["adaptkern.kernels"],
     package_dir={"adaptkern.kernels": "kernels"},
-    package_data={"adaptkern": ["data/*"]},
+    package_data={"adaptkern": ["data/*", "cpu/*.cpp"]},  # the CPU attention kernel is compiled on first use
     ext_modules=ext_modules,
     cmdclass={"build_ext": BuildCudaExt},
     zip_safe=False,
