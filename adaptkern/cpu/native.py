@@ -12,6 +12,7 @@ composes PyTorch's CPU flash kernel instead, with the same results to rounding.
 import hashlib
 import os
 import re
+import shutil
 import sys
 import threading
 import warnings
@@ -48,9 +49,22 @@ def _cached(name) -> bool:
     return os.path.exists(os.path.join(folder, name + ".so"))
 
 
+def _ninja_on_path():
+    """torch's builder runs ``ninja`` from PATH; the pip package's binary (a dependency of
+    the dev install) may sit only in the environment's bin folder, which PATH may lack."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja
+    except ImportError:
+        return
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
 def _build():
     from torch.utils import cpp_extension
 
+    _ninja_on_path()
     name = _name()
     if not _cached(name):
         print(f"adaptkern: compiling the CPU attention kernel {SOURCE} (once per torch version, ~20 s)",

@@ -53,9 +53,10 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
 
 // exp for float32, vectorisable (the loops below are `omp simd`): 2^n * p(r), r = x - n ln 2 in
 // [-ln2/2, ln2/2], p a degree-6 Taylor polynomial (relative error < 3e-7 there). Below the
-// smallest normal result it returns 0; NaN stays NaN; +inf is not expected (scores minus their
-// row maximum are <= 0).
+// smallest normal result it returns 0; NaN stays NaN; above 88 it saturates at e^88 (scores
+// minus their row maximum are <= 0, so only an inconsistent lse gets there).
 inline float exp_approx(float x) {
+  x = x > 88.f ? 88.f : x;
   const float n = std::nearbyint(x * 1.44269504088896341f);
   const float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723212e-6f;
   float p = 1.f / 720;
