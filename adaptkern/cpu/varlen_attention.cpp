@@ -24,6 +24,8 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 extern "C" {
@@ -287,13 +289,28 @@ Args<T> make_args(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t cu_q, uintptr
           static_cast<T>(scale), left, right};
 }
 
+// The kernels index memory by cu_seqlens: out-of-range offsets would read or write outside
+// the tensors, so they are checked here even when adaptkern's own checks are switched off.
+void check_offsets(const char* name, uintptr_t cu, int64_t num_seqs, int64_t total) {
+  const int32_t* offsets = reinterpret_cast<const int32_t*>(cu);
+  bool valid = offsets[0] == 0 && offsets[num_seqs] == total;
+  for (int64_t s = 0; valid && s < num_seqs; ++s) valid = offsets[s] <= offsets[s + 1];
+  if (!valid) {
+    throw std::invalid_argument(std::string("adaptkern cpu attention kernel: ") + name +
+                                " must start at 0, never decrease and end at the tensor's length " +
+                                std::to_string(total));
+  }
+}
+
 }  // namespace
 
 // q (total_q, heads, dim), k / v (total_k, kv_heads, dim), out like q, lse (heads, total_q): all
 // contiguous, float32 or float64 (`is_double`), cu_seqlens int32; every row of out and lse is written.
 void varlen_attention_forward(bool is_double, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t cu_q, uintptr_t cu_k,
-                              int64_t num_seqs, int64_t total_q, int64_t heads, int64_t kv_heads, int64_t dim,
-                              double scale, int64_t left, int64_t right, uintptr_t out, uintptr_t lse) {
+                              int64_t num_seqs, int64_t total_q, int64_t total_k, int64_t heads, int64_t kv_heads,
+                              int64_t dim, double scale, int64_t left, int64_t right, uintptr_t out, uintptr_t lse) {
+  check_offsets("cu_seqlens_q", cu_q, num_seqs, total_q);
+  check_offsets("cu_seqlens_k", cu_k, num_seqs, total_k);
   pybind11::gil_scoped_release release;
   if (is_double) {
     forward(make_args<double>(q, k, v, cu_q, cu_k, heads, kv_heads, dim, scale, left, right), num_seqs, total_q,
@@ -308,8 +325,10 @@ void varlen_attention_forward(bool is_double, uintptr_t q, uintptr_t k, uintptr_
 // dlse (heads, total_q) or 0 for none. Every row of dq, dk and dv is written.
 void varlen_attention_backward(bool is_double, uintptr_t dout, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out,
                                uintptr_t lse, uintptr_t dlse, uintptr_t cu_q, uintptr_t cu_k, int64_t num_seqs,
-                               int64_t total_q, int64_t heads, int64_t kv_heads, int64_t dim, double scale,
-                               int64_t left, int64_t right, uintptr_t dq, uintptr_t dk, uintptr_t dv) {
+                               int64_t total_q, int64_t total_k, int64_t heads, int64_t kv_heads, int64_t dim,
+                               double scale, int64_t left, int64_t right, uintptr_t dq, uintptr_t dk, uintptr_t dv) {
+  check_offsets("cu_seqlens_q", cu_q, num_seqs, total_q);
+  check_offsets("cu_seqlens_k", cu_k, num_seqs, total_k);
   pybind11::gil_scoped_release release;
   if (is_double) {
     using T = double;

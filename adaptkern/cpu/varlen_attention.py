@@ -168,29 +168,37 @@ def _compiled(dtype):
     return native.extension() if dtype in _NATIVE_DTYPES else None
 
 
+def _offsets(cu_seqlens_q, cu_seqlens_k):
+    """int32 contiguous cu_seqlens for the compiled kernel, which checks their values itself."""
+    if cu_seqlens_q.dim() != 1 or cu_seqlens_q.numel() < 1 or cu_seqlens_k.shape != cu_seqlens_q.shape:
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must be (S+1,) tensors of the same length, got "
+                         f"{tuple(cu_seqlens_q.shape)} and {tuple(cu_seqlens_k.shape)}")
+    return tuple(cu.to(torch.int32).contiguous() for cu in (cu_seqlens_q, cu_seqlens_k))
+
+
 def _native_forward(ext, q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, left, right):
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    cu_q, cu_k = (cu.to(torch.int32).contiguous() for cu in (cu_seqlens_q, cu_seqlens_k))
+    cu_q, cu_k = _offsets(cu_seqlens_q, cu_seqlens_k)
     out, lse = torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]))
     ext.varlen_attention_forward(q.dtype == torch.float64, q.data_ptr(), k.data_ptr(), v.data_ptr(), cu_q.data_ptr(),
-                                 cu_k.data_ptr(), cu_q.shape[0] - 1, q.shape[0], q.shape[1], k.shape[1], q.shape[2],
-                                 softmax_scale, left, right, out.data_ptr(), lse.data_ptr())
+                                 cu_k.data_ptr(), cu_q.shape[0] - 1, q.shape[0], k.shape[0], q.shape[1], k.shape[1],
+                                 q.shape[2], softmax_scale, left, right, out.data_ptr(), lse.data_ptr())
     return out, lse
 
 
 def _native_backward(ext, dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, softmax_scale, left, right):
     dout, q, k, v, out, lse = (x.contiguous() for x in (dout, q, k, v, out, lse))
     dlse = None if dlse is None else dlse.to(lse.dtype).contiguous()
-    cu_q, cu_k = (cu.to(torch.int32).contiguous() for cu in (cu_seqlens_q, cu_seqlens_k))
+    cu_q, cu_k = _offsets(cu_seqlens_q, cu_seqlens_k)
     num_heads, num_kv_heads, head_dim = q.shape[1], k.shape[1], q.shape[2]
     dq = torch.empty_like(q)
     # One dk / dv slice per query head; a GQA group's slices are summed below.
     dk, dv = (k.new_empty((k.shape[0], num_heads, head_dim)) for _ in range(2))
     ext.varlen_attention_backward(q.dtype == torch.float64, dout.data_ptr(), q.data_ptr(), k.data_ptr(),
                                   v.data_ptr(), out.data_ptr(), lse.data_ptr(), 0 if dlse is None else dlse.data_ptr(),
-                                  cu_q.data_ptr(), cu_k.data_ptr(), cu_q.shape[0] - 1, q.shape[0], num_heads,
-                                  num_kv_heads, head_dim, softmax_scale, left, right, dq.data_ptr(), dk.data_ptr(),
-                                  dv.data_ptr())
+                                  cu_q.data_ptr(), cu_k.data_ptr(), cu_q.shape[0] - 1, q.shape[0], k.shape[0],
+                                  num_heads, num_kv_heads, head_dim, softmax_scale, left, right, dq.data_ptr(),
+                                  dk.data_ptr(), dv.data_ptr())
     if num_kv_heads != num_heads:
         dk, dv = (_split(g, 1, num_kv_heads, num_heads // num_kv_heads).sum(2) for g in (dk, dv))
     return dq, dk, dv
