@@ -21,6 +21,13 @@ The cold fixed cost is what a real step pays (compare the 8 x 128 case's CPU-tim
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eager_overhead.py``
 """
 
+import os
+
+# Written for, and measured on, the cpu backend's composition of PyTorch's CPU flash kernel,
+# which float32 used before the compiled kernel (commit 4ad28ee): that path unless told
+# otherwise (ADAPTKERN_CPU_NATIVE=1 times the compiled kernel instead).
+os.environ.setdefault("ADAPTKERN_CPU_NATIVE", "0")
+
 import statistics
 import time
 

@@ -13,6 +13,13 @@ swing with the allocation history hits them alike.
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/experiments/equal_kernels.py
 """
 
+import os
+
+# Written for, and measured on, the cpu backend's composition of PyTorch's CPU flash kernel,
+# which float32 used before the compiled kernel (commit 4ad28ee): that path unless told
+# otherwise (ADAPTKERN_CPU_NATIVE=1 times the compiled kernel instead).
+os.environ.setdefault("ADAPTKERN_CPU_NATIVE", "0")
+
 import collections
 
 import torch

@@ -31,6 +31,13 @@ to a (B*H, L, D) layout and back (a scratch variant) cost more than the math pat
 (0.54-0.77x). It would also need lse (one more pass) to keep the op's contract.
 """
 
+import os
+
+# Written for, and measured on, the cpu backend's composition of PyTorch's CPU flash kernel,
+# which float32 used before the compiled kernel (commit 4ad28ee): that path unless told
+# otherwise (ADAPTKERN_CPU_NATIVE=1 times the compiled kernel instead).
+os.environ.setdefault("ADAPTKERN_CPU_NATIVE", "0")
+
 import statistics
 import time
 

@@ -34,6 +34,13 @@ FlopCounterMode does not count at all (torch 2.13 has no formula for it), where 
 own backward is counted exactly; tests/test_eager_ops.py pins that case.
 """
 
+import os
+
+# Written for, and measured on, the cpu backend's composition of PyTorch's CPU flash kernel,
+# which float32 used before the compiled kernel (commit 4ad28ee): that path unless told
+# otherwise (ADAPTKERN_CPU_NATIVE=1 times the compiled kernel instead).
+os.environ.setdefault("ADAPTKERN_CPU_NATIVE", "0")
+
 import statistics
 import time
 
