@@ -10,7 +10,7 @@ layout (B, L, H, D) seen as (B, H, L, D): a bucket of consecutive sequences is a
 
 Mask semantics are the reference's (:mod:`adaptkern.reference.varlen_attention`):
 bottom-right causal and sliding windows become an additive mask, except causal with
-Lq == Lk, which is the kernel's own ``is_causal`` (it then skips the masked blocks). A row
+Lq == Lk, which is the kernel's own ``is_causal`` (it skips masked key blocks of 512). A row
 that sees no key gets out 0, lse -inf and zero gradients. GQA reads the kv heads in place
 where the kernel supports it (probed once), else repeats them.
 """
