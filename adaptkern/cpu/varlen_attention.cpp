@@ -302,6 +302,25 @@ void check_offsets(const char* name, uintptr_t cu, int64_t num_seqs, int64_t tot
   }
 }
 
+template <typename T>
+void forward_typed(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t cu_q, uintptr_t cu_k, int64_t num_seqs,
+                   int64_t total_q, int64_t heads, int64_t kv_heads, int64_t dim, double scale, int64_t left,
+                   int64_t right, uintptr_t out, uintptr_t lse) {
+  forward(make_args<T>(q, k, v, cu_q, cu_k, heads, kv_heads, dim, scale, left, right), num_seqs, total_q,
+          reinterpret_cast<T*>(out), reinterpret_cast<T*>(lse));
+}
+
+template <typename T>
+void backward_typed(uintptr_t dout, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
+                    uintptr_t dlse, uintptr_t cu_q, uintptr_t cu_k, int64_t num_seqs, int64_t total_q, int64_t heads,
+                    int64_t kv_heads, int64_t dim, double scale, int64_t left, int64_t right, uintptr_t dq,
+                    uintptr_t dk, uintptr_t dv) {
+  backward(make_args<T>(q, k, v, cu_q, cu_k, heads, kv_heads, dim, scale, left, right), num_seqs, total_q,
+           reinterpret_cast<const T*>(dout), reinterpret_cast<const T*>(out), reinterpret_cast<const T*>(lse),
+           reinterpret_cast<const T*>(dlse), reinterpret_cast<T*>(dq), reinterpret_cast<T*>(dk),
+           reinterpret_cast<T*>(dv));
+}
+
 }  // namespace
 
 // q (total_q, heads, dim), k / v (total_k, kv_heads, dim), out like q, lse (heads, total_q): all
@@ -312,13 +331,8 @@ void varlen_attention_forward(bool is_double, uintptr_t q, uintptr_t k, uintptr_
   check_offsets("cu_seqlens_q", cu_q, num_seqs, total_q);
   check_offsets("cu_seqlens_k", cu_k, num_seqs, total_k);
   pybind11::gil_scoped_release release;
-  if (is_double) {
-    forward(make_args<double>(q, k, v, cu_q, cu_k, heads, kv_heads, dim, scale, left, right), num_seqs, total_q,
-            reinterpret_cast<double*>(out), reinterpret_cast<double*>(lse));
-  } else {
-    forward(make_args<float>(q, k, v, cu_q, cu_k, heads, kv_heads, dim, scale, left, right), num_seqs, total_q,
-            reinterpret_cast<float*>(out), reinterpret_cast<float*>(lse));
-  }
+  (is_double ? forward_typed<double> : forward_typed<float>)(q, k, v, cu_q, cu_k, num_seqs, total_q, heads, kv_heads,
+                                                             dim, scale, left, right, out, lse);
 }
 
 // Gradients of the forward: dq like q; dk / dv (total_k, heads, dim), one slice per query head;
@@ -330,19 +344,9 @@ void varlen_attention_backward(bool is_double, uintptr_t dout, uintptr_t q, uint
   check_offsets("cu_seqlens_q", cu_q, num_seqs, total_q);
   check_offsets("cu_seqlens_k", cu_k, num_seqs, total_k);
   pybind11::gil_scoped_release release;
-  if (is_double) {
-    using T = double;
-    backward(make_args<T>(q, k, v, cu_q, cu_k, heads, kv_heads, dim, scale, left, right), num_seqs, total_q,
-             reinterpret_cast<const T*>(dout), reinterpret_cast<const T*>(out), reinterpret_cast<const T*>(lse),
-             reinterpret_cast<const T*>(dlse), reinterpret_cast<T*>(dq), reinterpret_cast<T*>(dk),
-             reinterpret_cast<T*>(dv));
-  } else {
-    using T = float;
-    backward(make_args<T>(q, k, v, cu_q, cu_k, heads, kv_heads, dim, scale, left, right), num_seqs, total_q,
-             reinterpret_cast<const T*>(dout), reinterpret_cast<const T*>(out), reinterpret_cast<const T*>(lse),
-             reinterpret_cast<const T*>(dlse), reinterpret_cast<T*>(dq), reinterpret_cast<T*>(dk),
-             reinterpret_cast<T*>(dv));
-  }
+  (is_double ? backward_typed<double> : backward_typed<float>)(dout, q, k, v, out, lse, dlse, cu_q, cu_k, num_seqs,
+                                                               total_q, heads, kv_heads, dim, scale, left, right, dq,
+                                                               dk, dv);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
