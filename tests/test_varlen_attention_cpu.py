@@ -7,6 +7,7 @@ custom-op checks and torch.compile(fullgraph=True) on every backend."""
 
 import os
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -270,3 +271,26 @@ def test_cpu_compiled_kernel_refuses_offsets_outside_the_tensors():
             ak.varlen_attention(q, k, v, torch.tensor(bad, dtype=torch.int32), cu, max_len, max_len)
         with ak.validation(False), pytest.raises(ValueError, match="cu_seqlens_k must start at 0"):
             ak.varlen_attention(q, k, v, cu, torch.tensor(bad, dtype=torch.int32), max_len, max_len)
+
+
+def test_cpu_kernel_that_cannot_build_warns_once_and_falls_back(monkeypatch):
+    def no_compiler():
+        raise RuntimeError("no C++ compiler (simulated)")
+
+    monkeypatch.setattr(native, "_STATE", {})
+    monkeypatch.setattr(native, "_build", no_compiler)
+    monkeypatch.delenv(native.ENV_VAR, raising=False)
+    assert native.status() == "not built yet (compiled on first use)"
+    batch = make_batch([5, 9], [5, 9], 2, 1, 16, torch.float32)
+    with pytest.warns(RuntimeWarning, match="simulated.*PyTorch's CPU flash kernel instead"):
+        out = ak.varlen_attention(*batch, causal=True)
+    assert "simulated" in native.status()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once only
+        assert torch.equal(ak.varlen_attention(*batch, causal=True), out)
+    expected = ak.varlen_attention(*batch, causal=True, backend="reference")
+    assert_rel_close(out, expected, torch.float32, name="out")
+    monkeypatch.setattr(native, "_STATE", {})
+    monkeypatch.setenv(native.ENV_VAR, "1")
+    with pytest.raises(RuntimeError, match="ADAPTKERN_CPU_NATIVE=1 but the CPU attention kernel did not build"):
+        native.extension()
