@@ -1,7 +1,7 @@
 """The cpu backend's compiled attention kernel (``varlen_attention.cpp`` beside this file):
 built on first use for the running torch, then loaded from torch's extension cache.
 
-Built with ``torch.utils.cpp_extension.load`` (a C++ compiler and ninja needed; about 20 s
+Built with ``torch.utils.cpp_extension.load`` (a C++ compiler and ninja needed; about 12 s
 once per torch version and machine, in ``TORCH_EXTENSIONS_DIR`` or
 ``~/.cache/torch_extensions``). If it cannot be built or loaded here (no compiler, a torch
 without the Fortran BLAS symbols it calls), a warning says why, once, and the cpu backend
@@ -67,7 +67,7 @@ def _build():
     _ninja_on_path()
     name = _name()
     if not _cached(name):
-        print(f"adaptkern: compiling the CPU attention kernel {SOURCE} (once per torch version, ~20 s)",
+        print(f"adaptkern: compiling the CPU attention kernel {SOURCE} (once per torch version, ~12 s here)",
               file=sys.stderr, flush=True)
     return cpp_extension.load(name, [SOURCE], extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"], verbose=False)
 
