@@ -294,3 +294,15 @@ def test_cpu_kernel_that_cannot_build_warns_once_and_falls_back(monkeypatch):
     monkeypatch.setenv(native.ENV_VAR, "1")
     with pytest.raises(RuntimeError, match="ADAPTKERN_CPU_NATIVE=1 but the CPU attention kernel did not build"):
         native.extension()
+
+
+@pytest.mark.usefixtures("cpu_path")
+@pytest.mark.parametrize("head_dim", [8, 40, 100, 256])
+def test_cpu_head_dims_and_random_masks(head_dim):
+    # Head dims the tiles do not divide evenly and the largest supported, on random lengths
+    # (some over a tile) and a random mask kind per call.
+    lengths_q = random_lengths(5, 150)
+    lengths_k = lengths_q if torch.rand(()) < 0.5 else random_lengths(5, 150)
+    causal, window_size = CPU_MASKS[int(torch.randint(len(CPU_MASKS), ()))]
+    batch = make_batch(lengths_q, lengths_k, 4, 2, head_dim, torch.float64)
+    _compare(*batch, torch.float32, causal=causal, window_size=window_size)
