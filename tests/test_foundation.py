@@ -66,7 +66,7 @@ def test_cli_info_reports_backends_and_extension():
     assert info["cuda_extension_built"] == ak.cuda_extension_built()
     assert "reference" in info["backends"]["cpu"]
     from adaptkern.cpu import native
-    assert info["cpu_attention_kernel"] == ("built" if native.extension() is not None else native.status())
+    assert info["cpu_attention_kernel"] == native.build_status()
     help_text = subprocess.run([sys.executable, "-m", "adaptkern", "--help"], capture_output=True, text=True,
                                check=True).stdout
     assert "info" in help_text

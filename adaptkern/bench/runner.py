@@ -27,6 +27,7 @@ from typing import Callable, Optional
 import torch
 
 from .._io import atomic_write
+from ..cpu import native
 from .peaks import fractions
 from .timing import gbps, time_ms, tflops
 
@@ -199,13 +200,6 @@ def _driver() -> Optional[str]:
     return proc.stdout.strip().splitlines()[0] if proc.returncode == 0 and proc.stdout.strip() else None
 
 
-def _cpu_attention_kernel() -> str:
-    """Whether the cpu backend's compiled attention kernel is what the CPU rows timed."""
-    from adaptkern.cpu import native
-
-    return "built" if native.extension() is not None else native.status()
-
-
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -234,7 +228,9 @@ def metadata(device, *, command=None, quick=False, rep_ms=None) -> dict:
             "cuda": torch.version.cuda, "driver": _driver() if on_gpu else None,
             "python": platform.python_version(), "adaptkern": adaptkern.__version__,
             "cuda_extension_built": adaptkern.cuda_extension_built(),
-            "cpu_attention_kernel": _cpu_attention_kernel() if device.type == "cpu" else None, "git_commit": _git("rev-parse", "HEAD"),
+            # whether the CPU rows timed the cpu backend's compiled attention kernel
+            "cpu_attention_kernel": native.build_status() if device.type == "cpu" else None,
+            "git_commit": _git("rev-parse", "HEAD"),
             "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
             "command": command or " ".join(["adaptkern"] + sys.argv[1:]),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quick": bool(quick), "rep_ms": rep_ms,

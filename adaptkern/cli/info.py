@@ -32,7 +32,7 @@ def collect() -> dict:
         "cuda_extension_runtime": None,
         "backends": {dev: _backend.available_backends(dev) for dev in devices},
         # Built here on first use (a C++ compiler is needed); else the cpu backend composes torch's kernels.
-        "cpu_attention_kernel": native.status() if native.extension() is None else "built",
+        "cpu_attention_kernel": native.build_status(),
     }
     if _ext.cuda_extension_built():
         version = _ext.cuda_extension().cuda_runtime_version()

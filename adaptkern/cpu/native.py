@@ -98,6 +98,13 @@ def extension():
     return _STATE.get("module")
 
 
+def build_status() -> str:
+    """Builds the kernel if it is enabled and not tried yet, then says how it went
+    (``adaptkern info`` and the benchmark metadata)."""
+    extension()
+    return status()
+
+
 def status() -> str:
     """One line for ``adaptkern info``: built, failed (why), disabled or not yet tried."""
     if not enabled():
